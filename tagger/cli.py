@@ -1,0 +1,144 @@
+"""The ``genretag`` command: a thin layer that turns options into settings and renders results.
+
+Exit codes: 0 every file was processed (abstentions included); 1 a fatal error (no model, bad index);
+2 bad usage; 3 the scan finished but some files failed; 130 interrupted (Ctrl-C), with the index
+resumable.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+
+import click
+
+from .errors import GenretagError
+from .settings import ScanSettings
+
+EXIT_FILES_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _option(name: str, *decls, **kwargs):
+    """A click option whose default and help come from :class:`ScanSettings`."""
+    field = next(f for f in fields(ScanSettings) if f.name == name)
+    flag = "--" + name.replace("_", "-")
+    kwargs.setdefault("default", field.default)
+    kwargs.setdefault("show_default", field.default not in (None, False))
+    return click.option(flag, *decls, name, help=field.metadata["help"], **kwargs)
+
+
+def db_option(fn):
+    return click.option("--db", help=ScanSettings.help_for("db"))(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="genretag")
+def cli():
+    """Tag a music library with genres predicted from the audio."""
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True))
+@_option("model")
+@_option("labels", type=click.Path(exists=True, dir_okay=False))
+@_option("write_tags", is_flag=True)
+@_option("dry_run", is_flag=True)
+@db_option
+@_option("device", type=click.Choice(["auto", "cpu", "cuda"]))
+@_option("precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@_option("batch_size", type=click.IntRange(min=1))
+@_option("max_windows", type=click.IntRange(min=1))
+@_option("top_k", type=click.IntRange(min=1))
+@_option("min_confidence", type=click.FloatRange(0, 1))
+@_option("workers", type=click.IntRange(min=0))
+@_option("rescan", is_flag=True)
+@_option("mode", type=click.Choice(["replace", "merge", "fill"]))
+@_option("provenance", is_flag=True)
+@_option("keep_mtime", is_flag=True)
+@_option("verify", is_flag=True)
+@_option("separator")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per track instead of tables.")
+def scan(path, as_json, **options):
+    """Predict the genres of every audio file under PATH and record them in the index.
+
+    With --write-tags the genres are written into the files; with --dry-run the planned changes are
+    shown and no audio file is touched.
+    """
+    from .pipeline import tag_folder
+    from .render import ScanView
+
+    if options["write_tags"] and options["dry_run"]:
+        raise click.UsageError("--write-tags and --dry-run exclude each other")
+    settings = ScanSettings(**options)
+    view = ScanView(settings, as_json=as_json)
+    try:
+        with view:
+            summary = tag_folder(path, settings, on_result=view.result, on_discovered=view.discovered,
+                                 on_track_start=view.started)
+    except KeyboardInterrupt:
+        view.interrupted()
+        sys.exit(EXIT_INTERRUPTED)
+    except GenretagError as err:
+        raise click.ClickException(str(err)) from None
+    view.finish(summary)
+    if summary.failed:
+        sys.exit(EXIT_FILES_FAILED)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--run", "run_id", type=int, help="Undo this run (see `genretag history`); default: the last "
+                                                  "run that wrote tags.")
+@_option("keep_mtime", is_flag=True)
+@db_option
+def undo(paths, run_id, keep_mtime, db):
+    """Restore the genre tags that a scan wrote, exactly as they were before."""
+    from .journal import undo as undo_writes
+
+    try:
+        summary = undo_writes(ScanSettings(db=db).db_path(), run_id, list(paths) or None, keep_mtime)
+    except GenretagError as err:
+        raise click.ClickException(str(err)) from None
+    for line in summary.errors:
+        click.echo(f"error: {line}", err=True)
+    if not summary.restored and not summary.failed:
+        click.echo("Nothing to undo.")
+        return
+    click.echo(f"Restored {summary.restored} file(s); {summary.failed} failed.")
+    if summary.failed:
+        sys.exit(EXIT_FILES_FAILED)
+
+
+@cli.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def history(db, as_json):
+    """List the runs recorded in the index, newest first, with what each one did."""
+    from .index import Index
+    from .render import history_table
+
+    with Index(ScanSettings(db=db).db_path()) as index:
+        runs = index.runs()
+        writes = {row["run_id"]: row["n"] for row in index.db.query(
+            "select run_id, count(*) as n from tag_writes group by run_id")}
+    if as_json:
+        click.echo(json.dumps([{**r, "writes": writes.get(r["id"], 0)} for r in runs], indent=2))
+    else:
+        history_table(runs, writes)
+
+
+@cli.command("demo-library")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--tracks", default=6, show_default=True, help="How many tracks to generate.")
+@click.option("--seconds", default=40.0, show_default=True, help="Length of each track.")
+def demo_library(folder, tracks, seconds):
+    """Generate a small library of synthetic music-like tracks (several formats) to try genretag on."""
+    from .demo import make_demo_library
+
+    for path in make_demo_library(folder, tracks=tracks, seconds=seconds):
+        click.echo(path)
+
+
+def main():  # pragma: no cover - console-script entry point
+    cli()

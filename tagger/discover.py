@@ -1,0 +1,76 @@
+"""Step 1: find the audio files under a folder.
+
+The walk is deterministic (names sorted at every level), follows symbolic links but never enters the
+same directory twice (so link loops end), and reports unreadable directories instead of failing.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import UnreadableFile
+from .records import Track
+from .settings import AUDIO_EXTENSIONS
+
+
+def is_audio_name(name: str) -> bool:
+    """True for names whose suffix is a known audio extension, in any case."""
+    _, dot, ext = name.rpartition(".")
+    return bool(dot) and ext.lower() in AUDIO_EXTENSIONS
+
+
+def discover(root: str | os.PathLike, on_error: Callable[[UnreadableFile], None] | None = None
+             ) -> Iterator[Track]:
+    """Yield every regular audio file under ``root`` (or ``root`` itself if it is a file).
+
+    Special files (FIFOs, devices) with audio names are reported through ``on_error`` rather than opened:
+    reading a FIFO would block the scan forever.
+    """
+    report = on_error or (lambda err: None)
+    root = Path(root)
+    if root.is_file() or (root.exists() and not root.is_dir()):
+        track = _track_for(root, report)
+        if track:
+            yield track
+        return
+    yield from _walk(root, set(), report)
+
+
+def _walk(folder: Path, seen: set[tuple[int, int]], report) -> Iterator[Track]:
+    try:
+        st = folder.stat()
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return
+        seen.add(key)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        report(UnreadableFile(folder, f"cannot read directory ({exc.strerror or exc})"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(path, seen, report)
+        elif is_audio_name(entry.name):
+            track = _track_for(path, report)
+            if track:
+                yield track
+
+
+def _track_for(path: Path, report) -> Track | None:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        report(UnreadableFile(path, f"cannot stat ({exc.strerror or exc})"))
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        report(UnreadableFile(path, "not a regular file (FIFO, device or socket)"))
+        return None
+    return Track(os.fspath(path), st.st_size, st.st_mtime_ns)

@@ -1,0 +1,237 @@
+"""Step 5b: the SQLite index — every track's state, every prediction, every tag write (the undo journal).
+
+Tables (schema version in ``meta``; documented in the README):
+
+* ``runs``: one row per ``scan``/``undo`` run, with its options and final counts.
+* ``tracks``: one row per file (``path`` key): the stat that identifies the version last seen, duration,
+  codec, artist/album/title, the genres in the file's tags, and the last status (ok, abstained, failed)
+  with the failure reason.
+* ``predictions``: one row per (path, model fingerprint): the version of the file it was computed on,
+  top-k labels and scores, the mapped ranking, per-window top labels, window count.
+* ``models``: every model the index has seen, by weights fingerprint.
+* ``tag_writes``: every genre write: the complete previous and new tag state, so ``undo`` can restore
+  the file exactly.
+
+The database runs in WAL mode with a busy timeout, so a ``report`` can read while a ``scan`` writes and
+two scans can share one index. Results are written in batches, one transaction each, not row by row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from collections.abc import Iterable
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+
+def now() -> float:
+    return time.time()
+
+
+def path_key(path: str) -> str:
+    """The text stored for a path. Names that are not valid UTF-8 keep their bytes as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+class Index:
+    """A genretag index file. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike):
+        import sqlite_utils
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    @contextmanager
+    def _tx(self):
+        """One write transaction. IMMEDIATE takes the write lock up front, so two processes sharing the
+        index wait for each other (busy timeout) instead of failing on a lock upgrade."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            with self.db.atomic():
+                yield
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- schema ---------------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        if "meta" not in self.db.table_names():
+            return 0
+        row = self.db.execute("select value from meta where key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        """Bring an older (or new, empty) index up to :data:`SCHEMA_VERSION`, one step at a time."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            from .errors import GenretagError
+
+            raise GenretagError(f"{self.path}: index schema {version} is newer than this genretag "
+                                f"({SCHEMA_VERSION}); upgrade genretag")
+        for step in range(version, SCHEMA_VERSION):
+            with self._tx():
+                if self.schema_version() == step:  # another process may have migrated meanwhile
+                    MIGRATIONS[step](self.db)
+                    self.db["meta"].upsert({"key": "schema_version", "value": str(step + 1)}, pk="key")
+
+    # -- runs -----------------------------------------------------------------------------------------
+    def start_run(self, command: str, **info) -> int:
+        with self._tx():
+            return self.db["runs"].insert({"command": command, "started_at": now(), **_jsonable(info)}).last_pk
+
+    def finish_run(self, run_id: int, **counts) -> None:
+        with self._tx():
+            self.db["runs"].update(run_id, {"finished_at": now(), **counts})
+
+    def runs(self, command: str | None = None) -> list[dict]:
+        where, args = ("where command = ?", [command]) if command else ("", [])
+        return list(self.db.query(f"select * from runs {where} order by id desc", args))
+
+    # -- cache ----------------------------------------------------------------------------------------
+    def cached_prediction(self, path: str, fingerprint: str) -> dict | None:
+        """The stored prediction for this file and model, or None."""
+        rows = self.db.execute(
+            "select * from predictions where path = ? and fingerprint = ?", [path_key(path), fingerprint])
+        row = rows.fetchone()
+        return dict(zip([c[0] for c in rows.description], row)) if row else None
+
+    def track(self, path: str) -> dict | None:
+        rows = list(self.db.query("select * from tracks where path = ?", [path_key(path)]))
+        return rows[0] if rows else None
+
+    # -- writing results ------------------------------------------------------------------------------
+    def record_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int) -> None:
+        """Store a batch of :class:`TrackResult` in one transaction."""
+        stamp = now()
+        tracks, predictions = [], []
+        for r in results:
+            key = path_key(r.path)
+            track = {"path": key, "raw_path": os.fsencode(r.path), "size": r.size, "mtime_ns": r.mtime_ns,
+                     "status": r.status, "error": r.error, "model_id": model_id, "fingerprint": fingerprint,
+                     "run_id": run_id, "updated_at": stamp}
+            for name in ("duration", "codec"):
+                if getattr(r, name) is not None:
+                    track[name] = getattr(r, name)
+            if r.tags is not None:
+                track.update(genres=json.dumps(r.tags.get("genres", [])), artist=r.tags.get("artist"),
+                             album=r.tags.get("album"), title=r.tags.get("title"))
+            tracks.append(track)
+            predictions.append({
+                "path": key, "fingerprint": fingerprint, "model_id": model_id, "size": r.size,
+                "mtime_ns": r.mtime_ns, "status": r.status, "labels": json.dumps(r.labels),
+                "scores": json.dumps(r.scores), "ranking": json.dumps(r.ranking[:10]),
+                "window_labels": json.dumps(r.window_labels), "windows": r.windows, "error": r.error,
+                "written": int(r.written), "run_id": run_id, "created_at": stamp})
+        with self._tx():
+            self.db["tracks"].upsert_all(tracks, pk="path", alter=True)
+            self.db["predictions"].upsert_all(predictions, pk=("path", "fingerprint"))
+
+    def note_model(self, model_id: str, fingerprint: str, labels: list[str]) -> None:
+        stamp = now()
+        with self._tx():
+            self.db.execute(
+                "insert into models (fingerprint, model_id, labels, first_seen, last_seen) "
+                "values (?, ?, ?, ?, ?) on conflict(fingerprint) do update set last_seen = excluded.last_seen, "
+                "model_id = excluded.model_id", [fingerprint, model_id, json.dumps(labels), stamp, stamp])
+
+    def record_tag_write(self, run_id: int, change) -> None:
+        """Journal one tag write (a :class:`tagger.tags.TagChange`) so that it can be undone."""
+        with self._tx():
+            self.db["tag_writes"].insert({
+                "run_id": run_id, "path": path_key(change.path), "raw_path": os.fsencode(change.path),
+                "before": json.dumps(change.before), "after": json.dumps(change.after),
+                "old_genres": json.dumps(change.old_genres), "new_genres": json.dumps(change.new_genres),
+                "written_at": now(), "undone_at": None, "undo_run_id": None})
+
+    def mark_written(self, path: str, fingerprint: str, size: int, mtime_ns: int, genres: list[str]) -> None:
+        """After a tag write the file has a new stat: remember it, so the next scan sees it unchanged."""
+        key = path_key(path)
+        with self._tx():
+            self.db.execute("update predictions set written = 1, size = ?, mtime_ns = ? "
+                            "where path = ? and fingerprint = ?", [size, mtime_ns, key, fingerprint])
+            self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
+                            [size, mtime_ns, json.dumps(genres), key])
+
+    # -- undo -----------------------------------------------------------------------------------------
+    def writes_to_undo(self, run_id: int | None = None, paths: list[str] | None = None) -> list[dict]:
+        """Not-yet-undone writes, newest first: of one run (default: the last run that wrote), or of paths."""
+        if paths:
+            keys = [path_key(os.path.abspath(p)) for p in paths]
+            marks = ",".join("?" * len(keys))
+            return list(self.db.query(
+                f"select * from tag_writes where undone_at is null and path in ({marks}) order by id desc",
+                keys))
+        if run_id is None:
+            row = self.db.execute("select max(run_id) from tag_writes where undone_at is null").fetchone()
+            run_id = row[0]
+            if run_id is None:
+                return []
+        return list(self.db.query(
+            "select * from tag_writes where undone_at is null and run_id = ? order by id desc", [run_id]))
+
+    def mark_undone(self, write_id: int, undo_run_id: int, size: int | None, mtime_ns: int | None,
+                    path: str, genres: list[str]) -> None:
+        with self._tx():
+            self.db.execute("update tag_writes set undone_at = ?, undo_run_id = ? where id = ?",
+                            [now(), undo_run_id, write_id])
+            key = path_key(path)
+            self.db.execute("update predictions set written = 0, size = ?, mtime_ns = ? where path = ?",
+                            [size, mtime_ns, key])
+            self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
+                            [size, mtime_ns, json.dumps(genres), key])
+
+
+def _jsonable(info: dict) -> dict:
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in info.items()}
+
+
+def _schema_1(db) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db["runs"].create({"id": int, "command": str, "started_at": float, "finished_at": float,
+                       "root": str, "model_id": str, "fingerprint": str, "options": str,
+                       "scanned": int, "skipped": int, "tagged": int, "abstained": int, "failed": int,
+                       "restored": int, "interrupted": int}, pk="id", if_not_exists=True)
+    db["tracks"].create({"path": str, "raw_path": bytes, "size": int, "mtime_ns": int, "duration": float,
+                         "codec": str, "status": str, "error": str, "genres": str, "artist": str,
+                         "album": str, "title": str, "model_id": str, "fingerprint": str, "run_id": int,
+                         "updated_at": float}, pk="path", if_not_exists=True)
+    db["predictions"].create({"path": str, "fingerprint": str, "model_id": str, "size": int,
+                              "mtime_ns": int, "status": str, "labels": str, "scores": str,
+                              "ranking": str, "window_labels": str, "windows": int, "error": str,
+                              "written": int, "run_id": int, "created_at": float},
+                             pk=("path", "fingerprint"), if_not_exists=True)
+    db["models"].create({"fingerprint": str, "model_id": str, "labels": str, "first_seen": float,
+                         "last_seen": float}, pk="fingerprint", if_not_exists=True)
+    db["tag_writes"].create({"id": int, "run_id": int, "path": str, "raw_path": bytes, "before": str,
+                             "after": str, "old_genres": str, "new_genres": str, "written_at": float,
+                             "undone_at": float, "undo_run_id": int}, pk="id", if_not_exists=True)
+    db["tracks"].create_index(["status"], if_not_exists=True)
+    db["predictions"].create_index(["fingerprint", "status"], if_not_exists=True)
+    db["tag_writes"].create_index(["run_id"], if_not_exists=True)
+    db["tag_writes"].create_index(["path"], if_not_exists=True)
+
+
+MIGRATIONS = {0: _schema_1}

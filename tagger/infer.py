@@ -1,0 +1,304 @@
+"""Step 3b: load a model once and turn batches of windows into per-window probabilities.
+
+Every model genretag runs, a transformers checkpoint or the built-in musicnn port, offers the same
+small interface (a *classifier*): ``model_id``, ``fingerprint``, ``sampling_rate``, ``labels``,
+``multi_label``, ``default_min_confidence``, ``label_map``, ``device`` and
+``predict(windows, lengths) -> probabilities``. The pipeline knows nothing else about models.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import ModelError
+from .settings import DEFAULT_MODEL, data_dir
+
+FALLBACK_MIN_CONFIDENCE = 0.3
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def resolve_model_name(requested: str | None) -> str:
+    """``--model`` > ``$GENRETAG_MODEL`` > the last ``genretag train`` output > the built-in model."""
+    if requested:
+        return requested
+    if env := os.environ.get("GENRETAG_MODEL"):
+        return env
+    if trained := latest_trained_model():
+        return trained
+    return DEFAULT_MODEL
+
+
+def registry_path() -> Path:
+    return data_dir() / "models.json"
+
+
+def latest_trained_model() -> str | None:
+    """The checkpoint most recently registered by ``genretag train``, if it still exists."""
+    try:
+        entries = json.loads(registry_path().read_text())["trained"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for entry in reversed(entries):
+        if Path(entry["path"]).is_dir():
+            return entry["path"]
+    return None
+
+
+def register_trained_model(path: str | os.PathLike, info: dict | None = None) -> None:
+    """Record a new checkpoint so later scans use it by default."""
+    reg = registry_path()
+    try:
+        data = json.loads(reg.read_text())
+    except (OSError, ValueError):
+        data = {"trained": []}
+    data.setdefault("trained", []).append({"path": os.path.abspath(path), **(info or {})})
+    reg.parent.mkdir(parents=True, exist_ok=True)
+    tmp = reg.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, reg)
+
+
+def pick_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(device)
+
+
+def pick_precision(precision: str, device) -> str:
+    """``auto``: bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32.
+
+    On CPUs without native bf16, autocast to bf16 is hundreds of times slower than fp32, so auto never
+    chooses it there.
+    """
+    import torch
+
+    if precision != "auto":
+        if precision == "fp16" and device.type != "cuda":
+            raise ModelError("--precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def autocast(device, precision: str):
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def load_classifier(model: str | None = None, device: str = "auto", precision: str = "auto",
+                    labels: str | None = None):
+    """Load the classifier for ``model`` (see :func:`resolve_model_name`), once per scan."""
+    from .labels import load_label_map
+
+    name = resolve_model_name(model)
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    if name.startswith("builtin:"):
+        classifier = _load_builtin(name.removeprefix("builtin:"), dev, prec)
+    else:
+        classifier = HFClassifier.load(name, dev, prec)
+    if labels:
+        classifier.label_map = load_label_map(labels)
+    return classifier
+
+
+def _load_builtin(name: str, device, precision: str):
+    try:
+        from .musicnn import load_builtin
+    except ImportError as exc:  # pragma: no cover - only without the built-in model files
+        raise ModelError(f"the built-in model is not available ({exc}); pass --model with a "
+                         "checkpoint folder or train one with `genretag train`") from None
+    return load_builtin(name, device=device, precision=precision)
+
+
+def weights_fingerprint(folder: str | os.PathLike) -> str:
+    """First 16 hex digits of the SHA-256 over the checkpoint's weight files (names and bytes).
+
+    The index keys predictions by this, so a retrained model in the same folder re-predicts.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix in WEIGHT_SUFFIXES:
+            digest.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def segment_seconds(feature_extractor) -> float | None:
+    """How much audio one forward pass of the model sees, if the extractor caps it.
+
+    AST's extractor keeps ``max_length`` 10 ms frames (10.24 s); Whisper's pads or cuts to
+    ``chunk_length`` seconds. Waveform models (wav2vec2, HuBERT) take the whole window.
+    """
+    kind = type(feature_extractor).__name__
+    if kind.startswith("ASTFeatureExtractor"):
+        return feature_extractor.max_length / 100.0
+    if hasattr(feature_extractor, "chunk_length") and hasattr(feature_extractor, "n_samples"):
+        return float(feature_extractor.chunk_length)
+    return None
+
+
+def plan_segments(valid: int, segment: int) -> list[int]:
+    """Offsets of the model-sized segments that together cover ``valid`` samples of a window.
+
+    Segments are spread evenly from the window's start to its end (overlapping a little when the
+    window is not a multiple of the segment), so nothing in the window goes unseen.
+    """
+    if valid <= segment:
+        return [0]
+    count = math.ceil(valid / segment)
+    step = (valid - segment) / (count - 1)
+    return [round(i * step) for i in range(count)]
+
+
+class HFClassifier:
+    """A transformers ``AutoModelForAudioClassification`` checkpoint behind genretag's interface."""
+
+    def __init__(self, model_id: str, model, feature_extractor, device, precision: str, fingerprint: str):
+        from .labels import identity_map
+
+        config = model.config
+        self.model_id = model_id
+        self.model = model
+        self.feature_extractor = feature_extractor
+        self.device = device
+        self.precision = precision
+        self.fingerprint = fingerprint
+        self.sampling_rate = int(feature_extractor.sampling_rate)
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.multi_label = config.problem_type == "multi_label_classification"
+        self.default_min_confidence = getattr(config, "genretag_min_confidence", None) or (
+            FALLBACK_MIN_CONFIDENCE)
+        self.label_map = identity_map()
+        seconds = segment_seconds(feature_extractor)
+        self.segment_samples = int(seconds * self.sampling_rate) if seconds else None
+
+    @classmethod
+    def load(cls, name: str, device, precision: str) -> "HFClassifier":
+        """Load from a local folder, else from the hub cache, else from the hub; fail fast and clearly."""
+        local = Path(name).expanduser()
+        if local.is_dir():
+            model, extractor = _from_pretrained(str(local), local_files_only=True)
+            fingerprint = weights_fingerprint(local)
+        elif local.exists() or name.startswith((".", "/", "~")):
+            raise ModelError(f"model '{name}' is not a checkpoint folder")
+        else:
+            model, extractor = _load_hub(name)
+            fingerprint = _hub_fingerprint(model, name)
+        model.eval().to(device)
+        return cls(name, model, extractor, device, precision, fingerprint)
+
+    def predict(self, windows, lengths=None):
+        """Probabilities ``[B, n_labels]`` for ``windows`` ``[B, N]``; segment results are averaged."""
+        import torch
+
+        if lengths is None:
+            lengths = torch.full((windows.shape[0],), windows.shape[1])
+        segments, owners = [], []
+        for i, (window, valid) in enumerate(zip(windows, lengths.tolist())):
+            valid = max(int(valid), 1)
+            size = self.segment_samples or valid
+            for offset in plan_segments(valid, size):
+                segments.append(window[offset:offset + min(size, valid)].cpu().numpy())
+                owners.append(i)
+        probs = self._forward(segments)
+        owner = torch.tensor(owners, device=probs.device)
+        sums = torch.zeros(windows.shape[0], probs.shape[1], device=probs.device).index_add_(0, owner, probs)
+        counts = torch.bincount(owner, minlength=windows.shape[0]).clamp(min=1).unsqueeze(1)
+        return (sums / counts).cpu()
+
+    def _forward(self, segments: list):
+        """Probabilities per segment. Segments of equal length run together; different lengths run apart,
+        because padding changes the output of models that take no attention mask (wav2vec2-base), and a
+        track's result must not depend on which tracks share its batch."""
+        import torch
+
+        by_length: dict[int, list[int]] = {}
+        for i, segment in enumerate(segments):
+            by_length.setdefault(len(segment), []).append(i)
+        out = None
+        for members in by_length.values():
+            inputs = self.feature_extractor([segments[i] for i in members], sampling_rate=self.sampling_rate,
+                                            return_tensors="pt")
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                logits = self.model(**inputs).logits.float()
+            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+            if out is None:
+                out = probs.new_empty(len(segments), probs.shape[1])
+            out[members] = probs
+        return out
+
+
+def _from_pretrained(name: str, **kwargs):
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # genretag reports its own progress; no per-load bars
+    hf_logging.disable_progress_bar()
+
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(name, **kwargs)
+        model = AutoModelForAudioClassification.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model '{name}': {' '.join(str(exc).split())[:300]}") from None
+    return model, extractor
+
+
+def _load_hub(name: str):
+    """A hub id: the local cache first (works offline), then the network, reported in one line."""
+    try:
+        return _from_pretrained(name, local_files_only=True)
+    except ModelError:
+        pass
+    unreachable = f"model '{name}' is not a local checkpoint folder and could not be fetched from the " \
+                  "Hugging Face hub"
+    if reason := _hub_unreachable():
+        raise ModelError(f"{unreachable} ({reason}); pass a local checkpoint folder")
+    try:
+        return _from_pretrained(name)
+    except ModelError as exc:
+        raise ModelError(f"{unreachable} (unknown id?): {str(exc)[:200]}") from None
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, or None. Checked up front because huggingface_hub retries a dead
+    network with back-off for minutes before it gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname} unreachable: {exc.strerror or exc}"
+    return None
+
+
+def _hub_fingerprint(model, name: str) -> str:
+    """Hub checkpoints: hash the resolved snapshot folder's weights (the commit is in its path)."""
+    folder = getattr(model, "name_or_path", None) or name
+    if Path(folder).is_dir():
+        return weights_fingerprint(folder)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return weights_fingerprint(snapshot_download(name, local_files_only=True))
+    except Exception:
+        return hashlib.sha256(name.encode()).hexdigest()[:16]

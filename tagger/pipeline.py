@@ -1,0 +1,293 @@
+"""The flow, chained: discover → decode/window → batch inference → aggregate → tags + index.
+
+:func:`tag_folder` is what ``genretag scan`` runs; :class:`Tagger` is the same machinery for library
+users who want genres for files or arrays without an index.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from .aggregate import choose_genres, rank_labels
+from .batching import predict_in_batches
+from .decode import decode_file, decode_track, windows_from_array
+from .discover import discover
+from .errors import FileChanged, FileError, GenretagError
+from .records import ABSTAINED, FAILED, OK, SKIPPED, DecodedTrack, Track, TrackResult
+from .settings import ScanSettings
+
+INDEX_FLUSH_RESULTS = 64
+INDEX_FLUSH_SECONDS = 2.0
+
+
+@dataclass
+class ScanSummary:
+    """Counts of one scan. ``failed`` counts files (and folders) that could not be processed."""
+
+    scanned: int = 0
+    skipped: int = 0
+    tagged: int = 0
+    abstained: int = 0
+    failed: int = 0
+    written: int = 0
+    requeued: int = 0
+    seconds: float = 0.0
+    run_id: int | None = None
+    model_id: str | None = None
+    interrupted: bool = False
+    results: list[TrackResult] = field(default_factory=list, repr=False)
+
+    def counts(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "results"}
+
+
+def default_batch_size(device) -> int:
+    """On CPU one window at a time is fastest per window; a GPU wants full batches."""
+    return 64 if device.type == "cuda" else 1
+
+
+def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(), *, classifier=None,
+               on_result: Callable[[TrackResult], None] | None = None,
+               on_track_start: Callable[[Track], None] | None = None,
+               on_discovered: Callable[[int], None] | None = None,
+               keep_results: bool = False) -> ScanSummary:
+    """Scan ``root``: predict every new or changed track, record it in the index and, with
+    ``settings.write_tags``, write its genres. Returns the counts; ``on_result`` sees each track."""
+    from .index import Index
+    from .infer import load_classifier
+
+    started = time.perf_counter()
+    classifier = classifier or load_classifier(settings.model, settings.device, settings.precision,
+                                               settings.labels)
+    summary = ScanSummary(model_id=classifier.model_id)
+    with Index(settings.db_path()) as index:
+        index.note_model(classifier.model_id, classifier.fingerprint, classifier.labels)
+        summary.run_id = index.start_run(
+            "scan", root=os.path.abspath(root), model_id=classifier.model_id,
+            fingerprint=classifier.fingerprint, options={k: v for k, v in asdict(settings).items()})
+        scan = _Scan(index, classifier, settings, summary, on_result, keep_results)
+        try:
+            tracks = list(discover(root, on_error=scan.discovery_failed))
+            if on_discovered:
+                on_discovered(len(tracks))
+            scan.run(tracks, on_track_start)
+            if scan.requeue:
+                scan.run(list(scan.requeue), on_track_start, requeued=True)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            raise
+        finally:
+            scan.flush()
+            summary.seconds = time.perf_counter() - started
+            index.finish_run(summary.run_id, **{k: summary.counts()[k] for k in (
+                "scanned", "skipped", "tagged", "abstained", "failed")}, interrupted=int(summary.interrupted))
+    return summary
+
+
+class _Scan:
+    """State of one scan: the buffered index rows, the counters and the per-track decisions."""
+
+    def __init__(self, index, classifier, settings: ScanSettings, summary: ScanSummary, on_result,
+                 keep_results: bool):
+        self.index, self.classifier, self.settings, self.summary = index, classifier, settings, summary
+        self.on_result = on_result or (lambda result: None)
+        self.keep_results = keep_results
+        self.min_confidence = (settings.min_confidence if settings.min_confidence is not None
+                               else classifier.default_min_confidence)
+        self.batch_size = settings.batch_size or default_batch_size(classifier.device)
+        self.pending: list[TrackResult] = []
+        self.last_flush = time.monotonic()
+        self.requeue: list[Track] = []
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def run(self, tracks: Iterable[Track], on_track_start, requeued: bool = False) -> None:
+        todo = (t for t in tracks if not self._served_from_cache(t, requeued))
+        if on_track_start:
+            todo = _tap(todo, on_track_start)
+        decoded = _bounded_map(self._decode, todo, self.settings.workers)
+        for item, probs in predict_in_batches(decoded, self.classifier.predict, self.batch_size):
+            self._finish(self._result(item, probs))
+
+    def _decode(self, track: Track):
+        try:
+            return decode_track(track, self.classifier.sampling_rate, self.settings.max_windows)
+        except FileError as err:
+            return TrackResult(track.path, FAILED, error=err.reason, size=track.size, mtime_ns=track.mtime_ns)
+
+    def _result(self, item, probs) -> TrackResult:
+        if probs is None:
+            return item  # a failure from decoding
+        result = describe(item, probs, self.classifier, self.settings.top_k, self.min_confidence)
+        result.tags = _read_tags(item.track.path)
+        if self.settings.write_tags and not self.settings.dry_run and result.status == OK:
+            self._write(result)
+        return result
+
+    def _served_from_cache(self, track: Track, requeued: bool) -> bool:
+        """An unchanged track already predicted by this model is skipped (and, if asked, tagged from
+        the cached prediction)."""
+        if self.settings.rescan and not requeued:
+            return False
+        row = self.index.cached_prediction(track.path, self.classifier.fingerprint)
+        if not row or (row["size"], row["mtime_ns"]) != (track.size, track.mtime_ns):
+            return False
+        self.summary.skipped += 1
+        if (self.settings.write_tags and not self.settings.dry_run and row["status"] == OK
+                and not row["written"]):
+            import json
+
+            result = TrackResult(track.path, OK, labels=json.loads(row["labels"]),
+                                 scores=json.loads(row["scores"]), size=track.size, mtime_ns=track.mtime_ns)
+            self._write(result)
+            if result.written:
+                self.summary.tagged += 1
+        return True
+
+    def _write(self, result: TrackResult) -> None:
+        from . import tags
+
+        provenance = None
+        if self.settings.provenance:
+            provenance = (f"model={self.classifier.model_id};fp={self.classifier.fingerprint};"
+                          f"score={result.scores[0]:.4f};labels={','.join(result.labels)}")
+        try:
+            change = tags.write_genres(
+                result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
+                provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
+                expected=(result.size, result.mtime_ns))
+        except FileChanged:
+            self.summary.requeued += 1
+            st = os.stat(result.path)
+            self.requeue.append(Track(result.path, st.st_size, st.st_mtime_ns))
+            result.status, result.error = SKIPPED, "changed on disk before the write; predicted again"
+            return
+        except GenretagError as err:
+            result.status, result.error = FAILED, getattr(err, "reason", str(err))
+            return
+        if change.written:
+            self.index.record_tag_write(self.summary.run_id, change)
+            st = os.stat(result.path)
+            result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
+            result.written = True
+            self.summary.written += 1
+        self.index.mark_written(result.path, self.classifier.fingerprint, result.size, result.mtime_ns,
+                                change.new_genres)
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    def discovery_failed(self, err: FileError) -> None:
+        self._finish(TrackResult(err.path, FAILED, error=err.reason))
+
+    def _finish(self, result: TrackResult) -> None:
+        counts = {OK: "tagged", ABSTAINED: "abstained", FAILED: "failed"}
+        if result.status in counts:
+            self.summary.scanned += 1
+            setattr(self.summary, counts[result.status], getattr(self.summary, counts[result.status]) + 1)
+        if result.status != SKIPPED:
+            self.pending.append(result)
+        if self.keep_results:
+            self.summary.results.append(result)
+        self.on_result(result)
+        if len(self.pending) >= INDEX_FLUSH_RESULTS or time.monotonic() - self.last_flush > INDEX_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.index.record_results(self.pending, self.classifier.model_id, self.classifier.fingerprint,
+                                      self.summary.run_id)
+            self.pending = []
+        self.last_flush = time.monotonic()
+
+
+def describe(decoded: DecodedTrack, probs, classifier, top_k: int, min_confidence: float) -> TrackResult:
+    """Aggregate one track's window probabilities into a :class:`TrackResult`."""
+    ranking = rank_labels(probs, classifier.labels, classifier.label_map)
+    status, labels, scores = choose_genres(ranking, top_k, min_confidence)
+    window_labels = [rank_labels(row.unsqueeze(0), classifier.labels, classifier.label_map)[:3]
+                     for row in probs]
+    track = decoded.track
+    return TrackResult(track.path, status, labels=labels, scores=scores,
+                       ranking=[(label, round(float(s), 6)) for label, s in ranking],
+                       window_labels=[[(label, round(float(s), 6)) for label, s in w] for w in window_labels],
+                       windows=probs.shape[0], duration=decoded.duration, codec=decoded.codec,
+                       size=track.size, mtime_ns=track.mtime_ns)
+
+
+def _read_tags(path: str) -> dict | None:
+    """Artist/album/title/genres for the index; a file whose tags cannot be read still gets genres."""
+    from . import tags
+
+    try:
+        return tags.read_tags_summary(path)
+    except GenretagError:
+        return None
+
+
+def _tap(items: Iterable, callback: Callable) -> Iterator:
+    for item in items:
+        callback(item)
+        yield item
+
+
+def _bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2 × workers`` items in flight,
+    so decoding runs ahead of inference without holding the whole library in memory."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="genretag-decode") as pool:
+        in_flight: deque = deque()
+        for item in items:
+            in_flight.append(pool.submit(fn, item))
+            if len(in_flight) >= 2 * workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+class Tagger:
+    """Genres for files or audio arrays, the way the Hugging Face pipeline is called::
+
+        t = Tagger()                      # the default model (see resolve_model_name)
+        t.classify("song.flac")           # [{"label": "Rock", "score": 0.62}, ...]
+        t.classify(["a.mp3", "b.ogg"])    # one list per file
+        t.classify(samples, sampling_rate=44100)
+    """
+
+    def __init__(self, model: str | None = None, *, device: str = "auto", precision: str = "auto",
+                 batch_size: int | None = None, max_windows: int = ScanSettings.max_windows,
+                 labels: str | None = None, classifier=None):
+        from .infer import load_classifier
+
+        self.classifier = classifier or load_classifier(model, device, precision, labels)
+        self.max_windows = max_windows
+        self.batch_size = batch_size or default_batch_size(self.classifier.device)
+
+    def classify(self, inputs, sampling_rate: int | None = None, top_k: int | None = 5):
+        """Ranked ``[{"label", "score"}]`` for a path or array; a list of those for a list of paths."""
+        if isinstance(inputs, (list, tuple)) and all(isinstance(x, (str, os.PathLike)) for x in inputs):
+            return [self._ranked(r, top_k) for r in self.classify_tracks(inputs)]
+        if isinstance(inputs, (str, os.PathLike)):
+            return self._ranked(self.classify_tracks([inputs])[0], top_k)
+        if sampling_rate is None:
+            raise ValueError("classify(array) needs sampling_rate=")
+        decoded = windows_from_array(inputs, sampling_rate, self.classifier.sampling_rate, self.max_windows)
+        return self._ranked(self._describe_all([decoded])[0], top_k)
+
+    def classify_tracks(self, paths: Iterable) -> list[TrackResult]:
+        """Full :class:`TrackResult` per path; unreadable files raise :class:`UnreadableFile`."""
+        decoded = [decode_file(p, self.classifier.sampling_rate, self.max_windows) for p in paths]
+        return self._describe_all(decoded)
+
+    def _describe_all(self, decoded: list[DecodedTrack]) -> list[TrackResult]:
+        conf = self.classifier.default_min_confidence
+        return [describe(item, probs, self.classifier, 1, conf)
+                for item, probs in predict_in_batches(decoded, self.classifier.predict, self.batch_size)]
+
+    @staticmethod
+    def _ranked(result: TrackResult, top_k: int | None) -> list[dict]:
+        ranking = result.ranking[:top_k] if top_k else result.ranking
+        return [{"label": label, "score": score} for label, score in ranking]

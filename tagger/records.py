@@ -1,0 +1,59 @@
+"""The plain records that flow between the pipeline's stages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only by the stages that compute
+    import torch
+
+OK, ABSTAINED, FAILED, SKIPPED = "ok", "abstained", "failed", "skipped"
+
+
+@dataclass(frozen=True)
+class Track:
+    """A discovered file and the stat that identifies this version of it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class DecodedTrack:
+    """A track's analysis windows, decoded at the model's rate, mono, zero-padded to one length."""
+
+    track: Track
+    windows: "torch.Tensor"  # [n_windows, window_samples] float32
+    lengths: "torch.Tensor"  # [n_windows] valid samples in each window
+    starts: list[float]  # seconds, where each window begins in the track
+    duration: float  # seconds of audio in the track (header, else decoded)
+    codec: str | None = None
+
+
+@dataclass
+class TrackResult:
+    """What the scan concluded about one track; rows of the index and lines of ``--json`` come from it."""
+
+    path: str
+    status: str  # ok | abstained | failed | skipped
+    labels: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    ranking: list[tuple[str, float]] = field(default_factory=list)  # every mapped label, best first
+    window_labels: list[list[tuple[str, float]]] = field(default_factory=list)  # per window, top labels
+    windows: int = 0
+    duration: float | None = None
+    codec: str | None = None
+    error: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    tags: dict | None = None  # genres/artist/album/title read from the file before any write
+    written: bool = False
+
+    def as_json(self) -> dict:
+        """The ``--json`` line for this track."""
+        return {
+            "path": self.path, "status": self.status, "labels": self.labels,
+            "scores": [round(s, 6) for s in self.scores], "windows": self.windows,
+            "duration": self.duration, "error": self.error,
+        }

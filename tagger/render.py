@@ -1,0 +1,100 @@
+"""Terminal output of the CLI with rich: the progress bar, one line per bad file, tables, summaries.
+
+Progress and messages go to stderr, so ``--json`` output on stdout stays machine-readable.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from rich.table import Table
+
+from .records import FAILED, OK, SKIPPED
+
+
+class ScanView:
+    """Everything ``genretag scan`` shows while it runs and when it ends."""
+
+    def __init__(self, settings, as_json: bool = False):
+        self.settings = settings
+        self.as_json = as_json
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.progress = Progress(
+            TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} tracks/s"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=self.err, transient=True, disable=not self.err.is_terminal)
+        self.task = self.progress.add_task("scan", total=None, rate="–")
+        self.planned: list[tuple[str, str, str, str]] = []
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def discovered(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
+
+    def started(self, track) -> None:
+        pass
+
+    def result(self, result) -> None:
+        self.progress.advance(self.task)
+        speed = self.progress.tasks[0].speed
+        self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
+        if result.status == FAILED:
+            self.err.print(f"[red]error:[/] {escape(result.path)}: {escape(result.error or 'failed')}")
+        if self.as_json:
+            if result.status != SKIPPED or result.error:
+                click.echo(json.dumps(result.as_json()))
+            return
+        if self.settings.dry_run and result.status == OK:
+            current = ", ".join((result.tags or {}).get("genres", [])) or "—"
+            self.planned.append((result.path, current, ", ".join(result.labels),
+                                 ", ".join(f"{s:.2f}" for s in result.scores)))
+
+    def interrupted(self) -> None:
+        self.progress.stop()
+        self.err.print("[yellow]Interrupted.[/] Results so far are in the index; run the same scan again "
+                       "to continue where it stopped.")
+
+    def finish(self, summary) -> None:
+        self.progress.stop()
+        if self.settings.dry_run and not self.as_json:
+            self._planned_table()
+        line = (f"Scanned {summary.scanned}, skipped (unchanged) {summary.skipped}, tagged {summary.tagged}, "
+                f"abstained {summary.abstained}, failed {summary.failed}")
+        if self.settings.write_tags:
+            line += f", written {summary.written}"
+        if summary.requeued:
+            line += f", re-queued {summary.requeued}"
+        self.err.print(f"{line} in {summary.seconds:.1f} s (model {summary.model_id}, run {summary.run_id}).")
+
+    def _planned_table(self) -> None:
+        table = Table(title="Planned tag changes (dry run: no file was touched)")
+        for name in ("path", "current genre", "new genre", "confidence"):
+            table.add_column(name, overflow="fold")
+        for row in self.planned:
+            table.add_row(*map(escape, row))
+        self.out.print(table)
+
+
+def history_table(runs: list[dict], writes: dict[int, int]) -> None:
+    import datetime as dt
+
+    table = Table(title="genretag runs")
+    for name in ("run", "command", "started", "model", "scanned", "tagged", "abstained", "failed",
+                 "tag writes", "restored"):
+        table.add_column(name)
+    for run in runs:
+        started = dt.datetime.fromtimestamp(run["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(run["id"]), run["command"], started, run.get("model_id") or "",
+                      *(str(run.get(k) or 0) for k in ("scanned", "tagged", "abstained", "failed")),
+                      str(writes.get(run["id"], 0)), str(run.get("restored") or 0))
+    Console(highlight=False).print(table)

@@ -1,0 +1,82 @@
+"""Every default in one place.
+
+The CLI reads its option defaults from :class:`ScanSettings`, and the library takes a ``ScanSettings``
+too, so ``genretag scan`` and ``tag_folder()`` can never drift apart.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+WINDOW_SECONDS = 30.0
+"""Length of one analysis window: GTZAN clips and the classic genre-tagging recipe use 30 s."""
+
+MIN_DECODED_SECONDS = 0.5
+"""Less decodable audio than this is too little to classify: the track fails with a reason."""
+
+AUDIO_EXTENSIONS = frozenset(
+    "mp3 flac ogg oga opus m4a m4b mp4 aac wav aiff aif wma ape wv mpc".split()
+)
+"""Suffixes (lower case, no dot) that discovery treats as audio."""
+
+DEFAULT_MODEL = "builtin:musicnn-msd"
+
+
+def data_dir() -> Path:
+    """Where the index and the trained-model registry live: ``$GENRETAG_HOME`` or the XDG data dir."""
+    if home := os.environ.get("GENRETAG_HOME"):
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(xdg).expanduser() / "genretag"
+
+
+def default_db_path() -> Path:
+    """``$GENRETAG_DB`` or ``<data dir>/index.db``."""
+    if db := os.environ.get("GENRETAG_DB"):
+        return Path(db).expanduser()
+    return data_dir() / "index.db"
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """Options of one scan. Each field's ``help`` is the CLI's help text for the option of that name."""
+
+    model: str | None = _opt(None, "Model: local checkpoint folder, hub id, or builtin:NAME. "
+                                   "Default: $GENRETAG_MODEL, else the last `genretag train` output, "
+                                   "else builtin:musicnn-msd.")
+    labels: str | None = _opt(None, "Label map (TOML) that renames/drops model labels; "
+                                    "default: the model's own map.")
+    write_tags: bool = _opt(False, "Write the predicted genres into the files' tags.")
+    dry_run: bool = _opt(False, "Show the planned tag changes; never touch an audio file.")
+    db: str | None = _opt(None, "SQLite index file (default: $GENRETAG_DB or ~/.local/share/genretag/index.db).")
+    device: str = _opt("auto", "Where the model runs: auto (CUDA if available), cpu or cuda.")
+    precision: str = _opt("auto", "Inference precision: auto, fp32, bf16 or fp16 (fp16 on CUDA only).")
+    batch_size: int | None = _opt(None, "Windows per inference batch (default: 1 on CPU, 64 on CUDA).")
+    max_windows: int = _opt(3, "Most 30 s windows analysed per track, spread over the track.")
+    top_k: int = _opt(1, "Most genres written per track.")
+    min_confidence: float | None = _opt(None, "Lowest score a genre needs; below it the track is "
+                                              "'abstained' (default: the model's own, else 0.3).")
+    workers: int = _opt(2, "Decoding threads running ahead of inference.")
+    rescan: bool = _opt(False, "Ignore the index cache and predict every track again.")
+    mode: str = _opt("replace", "How tags are written: replace, merge (add to existing) or fill "
+                                "(only files with no genre).")
+    provenance: bool = _opt(False, "Also write the model id and score into a GENRETAG tag field.")
+    keep_mtime: bool = _opt(False, "Keep each file's modification time when writing tags.")
+    verify: bool = _opt(False, "Check that the decoded audio is unchanged after each tag write.")
+    separator: str = _opt("; ", "Joins several genres in formats without multi-value fields (ID3v2.3).")
+
+    def with_(self, **changes) -> "ScanSettings":
+        """A copy with some fields changed; ``None`` values keep the current one."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def help_for(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+    def db_path(self) -> Path:
+        return Path(self.db).expanduser() if self.db else default_db_path()

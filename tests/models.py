@@ -1,0 +1,39 @@
+"""Tiny, real transformers checkpoints built from configs (random weights) for the tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+GENRES = ["blues", "jazz", "metal", "pop"]
+
+
+def _labels(genres):
+    return {i: g for i, g in enumerate(genres)}, {g: i for i, g in enumerate(genres)}
+
+
+def make_tiny_wav2vec2(folder: Path, genres=GENRES, seed: int = 0) -> Path:
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    id2label, label2id = _labels(genres)
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        classifier_proj_size=16, num_labels=len(genres), id2label=id2label, label2id=label2id)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True,
+                             return_attention_mask=False).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_ast(folder: Path, genres=GENRES, seed: int = 0) -> Path:
+    import torch
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    torch.manual_seed(seed)
+    id2label, label2id = _labels(genres)
+    config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       num_labels=len(genres), id2label=id2label, label2id=label2id)
+    ASTForAudioClassification(config).save_pretrained(folder)
+    ASTFeatureExtractor().save_pretrained(folder)
+    return folder

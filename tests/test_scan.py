@@ -1,0 +1,189 @@
+"""`genretag scan` end to end: real tiny models, real audio files, the real SQLite index."""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import mutagen
+import pytest
+from click.testing import CliRunner
+
+from tagger import ScanSettings, Tagger, tag_folder
+from tagger.cli import EXIT_FILES_FAILED, cli
+from tagger.errors import ModelError
+from tagger.infer import load_classifier
+
+TRACKS = 8
+
+
+def rows(db: Path, sql: str, args=()):
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql, args)]
+    finally:
+        conn.close()
+
+
+def mutagen_genres(path) -> list[str]:
+    """Genres as mutagen itself reads them (ID3 frames for MP3/WAV/AIFF, easy keys elsewhere)."""
+    tags = mutagen.File(path).tags
+    if tags is not None and hasattr(tags, "getall"):
+        return [g for frame in tags.getall("TCON") for g in frame.genres]
+    return list((mutagen.File(path, easy=True) or {}).get("genre", []))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def settings(tmp_path, model, **kw) -> ScanSettings:
+    return ScanSettings(model=str(model), db=str(tmp_path / "index.db"), min_confidence=0.0, **kw)
+
+
+def test_scan_records_every_track_in_the_index(library, tmp_path, tiny_wav2vec2):
+    summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2))
+    assert (summary.scanned, summary.tagged, summary.failed, summary.skipped) == (TRACKS, TRACKS, 0, 0)
+    tracks = rows(tmp_path / "index.db", "select * from tracks order by path")
+    assert len(tracks) == TRACKS
+    for row in tracks:
+        st = os.stat(row["path"])
+        assert (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+        assert row["status"] == "ok" and row["duration"] > 1.5 and row["codec"]
+    preds = rows(tmp_path / "index.db", "select * from predictions")
+    labels = {"blues", "jazz", "metal", "pop"}
+    for row in preds:
+        assert set(json.loads(row["labels"])) <= labels and len(json.loads(row["labels"])) == 1
+        assert row["windows"] in (1, 3)
+        assert row["fingerprint"] == load_classifier(str(tiny_wav2vec2)).fingerprint
+
+
+def test_unchanged_rescan_predicts_nothing_and_changes_are_seen(library, tmp_path, tiny_wav2vec2, tiny_ast):
+    first = tag_folder(library, settings(tmp_path, tiny_wav2vec2))
+    again = tag_folder(library, settings(tmp_path, tiny_wav2vec2))
+    assert (again.scanned, again.skipped) == (0, TRACKS)
+    touched = next(library.rglob("*.flac"))
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    third = tag_folder(library, settings(tmp_path, tiny_wav2vec2), keep_results=True)
+    assert (third.scanned, third.skipped) == (1, TRACKS - 1)
+    assert third.results[-1].path == str(touched) or str(touched) in [r.path for r in third.results]
+    other_model = tag_folder(library, settings(tmp_path, tiny_ast))
+    assert (other_model.scanned, other_model.skipped) == (TRACKS, 0)
+    forced = tag_folder(library, settings(tmp_path, tiny_ast, rescan=True))
+    assert forced.scanned == TRACKS
+    assert first.run_id < again.run_id < third.run_id
+
+
+def test_dry_run_touches_no_file(library, tmp_path, tiny_wav2vec2):
+    before = snapshot(library)
+    result = CliRunner().invoke(cli, ["scan", str(library), "--model", str(tiny_wav2vec2), "--dry-run",
+                                      "--min-confidence", "0", "--db", str(tmp_path / "i.db")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Planned tag changes" in result.output
+    assert "t2.ogg" in result.output
+    assert snapshot(library) == before
+
+
+def test_write_tags_reads_back_with_mutagen(library, tmp_path, tiny_wav2vec2):
+    summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True), keep_results=True)
+    assert summary.written == TRACKS
+    for result in summary.results:
+        assert mutagen_genres(result.path) == result.labels, result.path
+    journal = rows(tmp_path / "index.db", "select * from tag_writes")
+    assert len(journal) == TRACKS
+    again = tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    assert (again.scanned, again.skipped, again.written) == (0, TRACKS, 0)  # the written files count as unchanged
+
+
+def test_dry_run_then_write_tags_uses_the_cached_predictions(library, tmp_path, tiny_wav2vec2):
+    dry = tag_folder(library, settings(tmp_path, tiny_wav2vec2, dry_run=True), keep_results=True)
+    write = tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    assert (write.scanned, write.skipped, write.written) == (0, TRACKS, TRACKS)
+    for result in dry.results:
+        assert mutagen_genres(result.path) == result.labels
+
+
+def test_undo_restores_the_previous_tags(library, tmp_path, tiny_wav2vec2):
+    target = next(library.rglob("*.flac"))
+    audio = mutagen.File(target)
+    audio["genre"] = ["Shoegaze"]
+    audio.save()
+    db = tmp_path / "index.db"
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    assert mutagen_genres(target) != ["Shoegaze"]
+    runner = CliRunner()
+    out = runner.invoke(cli, ["undo", "--db", str(db)], catch_exceptions=False)
+    assert out.exit_code == 0 and f"Restored {TRACKS} file(s)" in out.output
+    assert mutagen_genres(target) == ["Shoegaze"]
+    assert mutagen_genres(next(library.rglob("*.ogg"))) == []
+    assert "Nothing to undo" in runner.invoke(cli, ["undo", "--db", str(db)]).output
+    history = runner.invoke(cli, ["history", "--db", str(db), "--json"])
+    assert [r["command"] for r in json.loads(history.output)] == ["undo", "scan"]
+
+
+def test_bad_files_are_reported_and_the_scan_goes_on(library, tmp_path, tiny_wav2vec2):
+    (library / "broken.mp3").write_text("<html>not audio</html>")
+    (library / "empty.flac").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["scan", str(library), "--model", str(tiny_wav2vec2), "--json",
+                                      "--min-confidence", "0", "--db", str(tmp_path / "i.db")])
+    assert result.exit_code == EXIT_FILES_FAILED
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == TRACKS + 2
+    failed = {Path(x["path"]).name: x["error"] for x in lines if x["status"] == "failed"}
+    assert set(failed) == {"broken.mp3", "empty.flac"} and all(failed.values())
+    assert f"error: {library / 'broken.mp3'}: " in result.stderr
+    assert "failed 2" in result.stderr
+    db_failed = rows(tmp_path / "i.db", "select path, error from tracks where status = 'failed'")
+    assert {Path(r["path"]).name for r in db_failed} == {"broken.mp3", "empty.flac"}
+
+
+def test_tagger_api_on_paths_and_arrays(mixed_library_src, tiny_ast):
+    tagger = Tagger(str(tiny_ast))
+    path = next(mixed_library_src.rglob("*.flac"))
+    ranked = tagger.classify(str(path))
+    assert [r["label"] for r in ranked] and sorted(r["label"] for r in ranked) == ["blues", "jazz", "metal", "pop"]
+    assert ranked == sorted(ranked, key=lambda r: -r["score"])
+    batch = tagger.classify([str(path), str(next(mixed_library_src.rglob("*.ogg")))])
+    assert batch[0] == ranked and len(batch) == 2
+    from torchcodec.decoders import AudioDecoder
+
+    samples = AudioDecoder(str(path)).get_all_samples()
+    from_array = tagger.classify(samples.data.numpy(), sampling_rate=samples.sample_rate)
+    assert [r["label"] for r in from_array] == [r["label"] for r in ranked]
+
+
+def test_a_missing_model_fails_fast_with_a_clear_message(tmp_path, library):
+    with pytest.raises(ModelError, match="not a checkpoint folder"):
+        load_classifier(str(tmp_path / "nope"))
+    with pytest.raises(ModelError, match="could not be fetched from the Hugging Face hub"):
+        load_classifier("someone/not-a-real-genre-model")
+    result = CliRunner().invoke(cli, ["scan", str(library), "--model", "someone/not-a-real-model",
+                                      "--db", str(tmp_path / "i.db")])
+    assert result.exit_code == 1 and "Error: model 'someone/not-a-real-model'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_real_subprocess(library, tmp_path, tiny_wav2vec2):
+    env = {**os.environ, "GENRETAG_DB": str(tmp_path / "sub.db")}
+    exe = Path(sys.executable).with_name("genretag")
+    proc = subprocess.run([str(exe), "scan", str(library), "--model", str(tiny_wav2vec2), "--json",
+                           "--min-confidence", "0", "--batch-size", "4"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == TRACKS and all(x["status"] == "ok" for x in lines)
+    assert f"Scanned {TRACKS}" in proc.stderr
+    assert len(rows(tmp_path / "sub.db", "select * from predictions")) == TRACKS
+
+
+def test_help_is_fast_and_lists_the_options():
+    exe = Path(sys.executable).with_name("genretag")
+    proc = subprocess.run([str(exe), "scan", "--help"], capture_output=True, text=True, timeout=30)
+    for option in ("--model", "--write-tags", "--dry-run", "--db", "--device", "--batch-size",
+                   "--max-windows", "--top-k", "--min-confidence", "--workers", "--rescan"):
+        assert option in proc.stdout
+    code = "import sys, tagger.cli; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
