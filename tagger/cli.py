@@ -140,5 +140,18 @@ def demo_library(folder, tracks, seconds):
         click.echo(path)
 
 
+def _register_commands() -> None:
+    """Commands that live beside their library code; their modules import only click at load time."""
+    from training.cli import evaluate, train
+
+    from .report_cli import models, report, show
+
+    for command in (train, evaluate, report, show, models):
+        cli.add_command(command)
+
+
+_register_commands()
+
+
 def main():  # pragma: no cover - console-script entry point
     cli()

@@ -104,6 +104,8 @@ def load_classifier(model: str | None = None, device: str = "auto", precision: s
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     if name.startswith("builtin:"):
+        if precision == "auto" and dev.type == "cpu":
+            prec = "fp32"  # musicnn's small convolutions run slower in bf16 even on AMX CPUs
         classifier = _load_builtin(name.removeprefix("builtin:"), dev, prec)
     else:
         classifier = HFClassifier.load(name, dev, prec)
@@ -265,7 +267,7 @@ def _load_hub(name: str):
         pass
     unreachable = f"model '{name}' is not a local checkpoint folder and could not be fetched from the " \
                   "Hugging Face hub"
-    if reason := _hub_unreachable():
+    if reason := hub_unreachable():
         raise ModelError(f"{unreachable} ({reason}); pass a local checkpoint folder")
     try:
         return _from_pretrained(name)
@@ -273,7 +275,7 @@ def _load_hub(name: str):
         raise ModelError(f"{unreachable} (unknown id?): {str(exc)[:200]}") from None
 
 
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
+def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the hub cannot be reached, or None. Checked up front because huggingface_hub retries a dead
     network with back-off for minutes before it gives up."""
     import socket

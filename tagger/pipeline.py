@@ -61,6 +61,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     from .infer import load_classifier
 
     started = time.perf_counter()
+    root = os.path.abspath(root)  # the index and the undo journal key files by absolute path
     classifier = classifier or load_classifier(settings.model, settings.device, settings.precision,
                                                settings.labels)
     summary = ScanSummary(model_id=classifier.model_id)
@@ -168,6 +169,8 @@ class _Scan:
         except GenretagError as err:
             result.status, result.error = FAILED, getattr(err, "reason", str(err))
             return
+        if result.tags is not None:  # the index keeps what the file holds now, not what it held
+            result.tags["genres"] = list(change.new_genres)
         if change.written:
             self.index.record_tag_write(self.summary.run_id, change)
             st = os.stat(result.path)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
     TimeRemainingColumn
 from rich.table import Table
 
-from .records import FAILED, OK, SKIPPED
+from .records import ABSTAINED, FAILED, OK, SKIPPED
 
 
 class ScanView:
@@ -54,10 +54,14 @@ class ScanView:
             if result.status != SKIPPED or result.error:
                 click.echo(json.dumps(result.as_json()))
             return
-        if self.settings.dry_run and result.status == OK:
+        if self.settings.dry_run and result.status in (OK, ABSTAINED):
             current = ", ".join((result.tags or {}).get("genres", [])) or "—"
-            self.planned.append((result.path, current, ", ".join(result.labels),
-                                 ", ".join(f"{s:.2f}" for s in result.scores)))
+            if result.status == OK:
+                new, scores = ", ".join(result.labels), result.scores
+            else:  # show what the model leaned to, so a user can judge the threshold
+                best = result.ranking[:1]
+                new, scores = f"(abstain; best {best[0][0]})" if best else "(abstain)", [s for _, s in best]
+            self.planned.append((result.path, current, new, ", ".join(f"{s:.2f}" for s in scores)))
 
     def interrupted(self) -> None:
         self.progress.stop()

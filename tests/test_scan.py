@@ -94,6 +94,8 @@ def test_write_tags_reads_back_with_mutagen(library, tmp_path, tiny_wav2vec2):
         assert mutagen_genres(result.path) == result.labels, result.path
     journal = rows(tmp_path / "index.db", "select * from tag_writes")
     assert len(journal) == TRACKS
+    indexed = {r["path"]: json.loads(r["genres"]) for r in rows(tmp_path / "index.db", "select * from tracks")}
+    assert all(indexed[r.path] == r.labels for r in summary.results)
     again = tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
     assert (again.scanned, again.skipped, again.written) == (0, TRACKS, 0)  # the written files count as unchanged
 

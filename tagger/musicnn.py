@@ -1,0 +1,359 @@
+"""musicnn (Pons & Serra, 2019) in PyTorch: genretag's built-in, offline music tagger.
+
+The weights are the MSD_musicnn and MTT_musicnn checkpoints of the ``musicnn`` 0.1.0 wheel (ISC,
+Jordi Pons / MTG-UPF), converted once by ``training/convert_musicnn.py``; see
+``tagger/builtin/PROVENANCE.md``. This module needs no TensorFlow and no librosa.
+
+Preprocessing (what the wheel's ``extractor.batch_data`` does with librosa 0.11)
+    16 kHz mono -> STFT (n_fft 512, hop 256, periodic Hann, ``center=True`` with *zero* padding)
+    -> power -> 96 Slaney-scale mel bands with Slaney area normalisation, 0-8000 Hz ->
+    ``x = mel.astype(float16); log10(10000 * x + 1)`` with every step rounded to float16 ->
+    patches of 187 frames (3 s), hop 187, incomplete tail dropped. Each patch is tagged on its own;
+    the clip's score is the mean of the per-patch sigmoid outputs.
+
+Parity with the TensorFlow original (tests/test_musicnn.py, reference data from TF 2.21 running the
+wheel's own code) is within 1e-4 on per-patch probabilities. It depends on details that are easy to
+get wrong: zero (not reflect) STFT padding; the float16 rounding of the mel *and* of each step of the
+log; the filterbank computed in float64 and rounded to float32 as librosa does; TF 'same' padding of
+the even temporal kernels split 63/64 (and 31/32, 15/16), i.e. the extra zero at the end; batch norm
+with epsilon 1e-3 applied *after* the ReLU; and the back-end's max and mean pools interleaved
+(``[max_0, mean_0, max_1, mean_1, ...]``) before the dense layer, as ``tf.concat(axis=2)`` +
+``flatten`` lays them out.
+
+Float16 overflow: deliberately *not* reproduced
+    ``10000 * x`` exceeds the float16 range once a mel power passes 6.55, which a 0.3-amplitude sine
+    already does and almost every mastered commercial track does in many frames. The original then
+    feeds ``inf`` into the network, TF turns it into NaN and its ReLU into 0, and the tagger returns
+    nearly the same answer for any loud track. Here the float16 steps are emulated only where every
+    intermediate value fits in float16, which is exactly where the original was well-defined, so parity
+    holds; elsewhere the same formula is computed in float32. The log-mel is therefore continuous
+    across the float16 limit (log10(65504) ~ 4.816) and keeps growing with loudness, and loud input
+    gives finite outputs that depend on the input.
+
+Precision: "fp32" is IEEE float32 also on CUDA (TF32 is switched off around the call, see
+:func:`ieee_float32`); "bf16" (and "fp16" on CUDA) autocast only the network, never the preprocessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from torch import nn
+
+from .errors import ModelError
+from .labels import LabelMap, builtin_label_map
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+HOP_LENGTH = 256          # 16 ms frames
+N_MELS = 96
+F_MAX = 8000.0            # Nyquist at 16 kHz
+PATCH_FRAMES = 187        # 3 s: librosa.time_to_frames(3, sr=16000, hop_length=256) + 1
+MIN_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH  # shortest audio that yields one full patch (2.98 s)
+BN_EPS = 1e-3             # tf.compat.v1.layers.batch_normalization's default, not torch's 1e-5
+
+BUILTIN_MODELS = ("musicnn-msd", "musicnn-mtt")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PATCHES_PER_FORWARD = {"cpu": 32, "cuda": 128}  # the largest fp32 activation is ~9 MB per patch
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa ``htk=False``): linear below 1 kHz, logarithmic above."""
+    linear = hz / (200.0 / 3)
+    log = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log, linear)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    linear = mel * (200.0 / 3)
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
+    return np.where(mel >= 15.0, log, linear)
+
+
+def slaney_mel_filterbank() -> np.ndarray:
+    """[96, 257] triangular filters with Slaney area norm, like ``librosa.filters.mel``.
+
+    Computed in float64 and rounded once to float32 as librosa does: torchaudio's float32 filterbank
+    differs by ~1e-7, which flips several times more float16 log-mel values.
+    """
+    fft_hz = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.float64(0.0)), _hz_to_mel(np.float64(F_MAX)), N_MELS + 2))
+    ramps = edges[:, None] - fft_hz[None, :]
+    widths = np.diff(edges)
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _stft_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(window, filterbank) on ``device``, built once per device."""
+    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float32, device=device)
+    return window, torch.from_numpy(slaney_mel_filterbank()).to(device)
+
+
+def mel_power(audio: torch.Tensor) -> torch.Tensor:
+    """[B, N] float32 audio -> [B, 1 + N // 256, 96] float32 mel power, on the audio's device."""
+    window, filterbank = _stft_constants(audio.device)
+    spec = torch.stft(audio.float(), N_FFT, HOP_LENGTH, window=window, center=True,
+                      pad_mode="constant", return_complex=True)
+    power = spec.abs().square()  # |X|^2 as librosa computes it (abs, then square)
+    return torch.matmul(filterbank, power).transpose(1, 2)
+
+
+def log_compress(mel: torch.Tensor) -> torch.Tensor:
+    """``log10(10000 * x + 1)`` rounded to float16 at each step where that fits, float32 elsewhere.
+
+    The float16 path reproduces the original bit for bit; where it overflows (mel power > ~6.55) the
+    float32 value takes over instead of the original's inf (see the module docstring).
+    """
+    rounded = torch.log10(mel.to(torch.float16) * 10000 + 1).float()
+    exact = torch.log10(mel.float() * 10000 + 1)
+    return torch.where(torch.isfinite(rounded), rounded, exact)
+
+
+def log_mel(audio: torch.Tensor) -> torch.Tensor:
+    """[B, N] audio at 16 kHz -> [B, frames, 96] float32 network input (float16-valued where in range)."""
+    return log_compress(mel_power(audio))
+
+
+def patch_counts(lengths: torch.Tensor, total_frames: int) -> torch.Tensor:
+    """Full 3 s patches in each window's valid part: at least 1, at most what the window holds."""
+    valid_frames = 1 + torch.div(lengths, HOP_LENGTH, rounding_mode="floor")
+    counts = torch.div(valid_frames, PATCH_FRAMES, rounding_mode="floor")
+    return counts.clamp(min=1, max=max(1, total_frames // PATCH_FRAMES))
+
+
+def valid_patches(logmel: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[B, frames, 96] + per-window counts -> [sum(counts), 187, 96], window-major."""
+    n = logmel.shape[1] // PATCH_FRAMES
+    patches = logmel[:, : n * PATCH_FRAMES].reshape(logmel.shape[0], n, PATCH_FRAMES, logmel.shape[2])
+    keep = torch.arange(n, device=logmel.device)[None, :] < counts.to(logmel.device)[:, None]
+    return patches[keep]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network
+
+
+class FrozenBatchNorm(nn.Module):
+    """Inference-only batch norm over dim 1 with TF's epsilon, and no ``num_batches_tracked``."""
+
+    def __init__(self, channels: int, eps: float = BN_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=False, eps=self.eps)
+
+
+class ConvBlock(nn.Module):
+    """Zero pad -> conv -> ReLU -> batch norm. musicnn normalises *after* the activation."""
+
+    def __init__(self, conv: nn.Module, pad: tuple[int, ...]):
+        super().__init__()
+        self.pad = pad
+        self.conv = conv
+        self.bn = FrozenBatchNorm(conv.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(F.pad(x, self.pad))))
+
+    def max_over_frequency(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x).amax(dim=3)`` without ReLU and batch norm on the full [B, C, T, F] map.
+
+        Both are monotone per channel, so the max commutes with them: take the conv's max, or its min
+        for channels whose batch-norm scale (sign of gamma) is negative. Rounding is monotone too, so
+        the result is bit-identical, without two elementwise passes over the largest activations
+        (about a third of the CPU time when profiled).
+        """
+        low, high = torch.aminmax(self.conv(F.pad(x, self.pad)), dim=3)
+        return self.bn(F.relu(torch.where(self.bn.weight[:, None] >= 0, high, low)))
+
+
+def _same_time_pad(kernel: int) -> tuple[int, int, int, int]:
+    """TF 'same' padding along time for stride 1: the odd extra zero goes at the end (63/64)."""
+    return (0, 0, (kernel - 1) // 2, kernel // 2)
+
+
+class Musicnn(nn.Module):
+    """The musicnn tagger: log-mel patch [B, 187, 96] -> logits [B, n_labels].
+
+    Front end: "timbral" convs spanning 7 frames x 40 % / 70 % of the mel axis and "temporal" convs
+    spanning 128 / 64 / 32 frames x 1 band, each max-pooled over frequency. Mid end: three 7-frame
+    1-D convs with residual connections, densely concatenated with the front end. Back end: max and
+    mean over time, two dense layers.
+    """
+
+    TIMBRAL = (("timbral74", 0.4), ("timbral77", 0.7))
+    TEMPORAL = (("temporal128", 128), ("temporal64", 64), ("temporal32", 32))
+
+    def __init__(self, n_labels: int, n_mels: int = N_MELS, midend_filters: int = 64,
+                 backend_units: int = 200, timbral_filters: int = 204, temporal_filters: int = 51):
+        super().__init__()
+        self.input_bn = FrozenBatchNorm(1)
+        for name, span in self.TIMBRAL:
+            conv = nn.Conv2d(1, timbral_filters, (7, int(span * n_mels)))
+            setattr(self, name, ConvBlock(conv, (0, 0, 3, 3)))
+        for name, frames in self.TEMPORAL:
+            setattr(self, name, ConvBlock(nn.Conv2d(1, temporal_filters, (frames, 1)), _same_time_pad(frames)))
+        front = len(self.TIMBRAL) * timbral_filters + len(self.TEMPORAL) * temporal_filters
+        self.mid1 = ConvBlock(nn.Conv1d(front, midend_filters, 7), (3, 3))
+        self.mid2 = ConvBlock(nn.Conv1d(midend_filters, midend_filters, 7), (3, 3))
+        self.mid3 = ConvBlock(nn.Conv1d(midend_filters, midend_filters, 7), (3, 3))
+        pooled = 2 * (front + 3 * midend_filters)
+        self.pool_bn = FrozenBatchNorm(pooled)
+        self.dense = nn.Linear(pooled, backend_units)
+        self.dense_bn = FrozenBatchNorm(backend_units)
+        self.classifier = nn.Linear(backend_units, n_labels)
+
+    def frontend(self, logmel: torch.Tensor) -> torch.Tensor:
+        """[B, T, 96] -> [B, 561, T]: every branch max-pooled over the whole frequency axis."""
+        x = self.input_bn(logmel.unsqueeze(1))
+        names = [name for name, _ in self.TIMBRAL + self.TEMPORAL]
+        return torch.cat([getattr(self, name).max_over_frequency(x) for name in names], dim=1)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        front = self.frontend(logmel)
+        m1 = self.mid1(front)
+        m2 = self.mid2(m1) + m1
+        m3 = self.mid3(m2) + m2
+        features = torch.cat([front, m1, m2, m3], dim=1)  # [B, 753, T]
+        # Interleaved [max_0, mean_0, max_1, ...]: the order TF's concat(axis=2) + flatten produces.
+        pooled = torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
+        hidden = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
+        return self.classifier(hidden)
+
+
+# ---------------------------------------------------------------------------------------------------
+# genretag's model interface
+
+
+@contextmanager
+def ieee_float32(device: torch.device):
+    """Plain IEEE float32 for CUDA convolutions and matmuls inside the block, restored afterwards.
+
+    cuDNN runs float32 convs in TF32 by default on Ampere and later, which moves musicnn's
+    probabilities by up to 2e-2 (parity needs 1e-4): "fp32" must mean fp32. Speed comes from bf16.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+class MusicnnClassifier:
+    """A loaded musicnn model behind the interface genretag's pipeline calls."""
+
+    def __init__(self, name: str, model: Musicnn, config: dict, weights: bytes,
+                 device: torch.device, precision: str):
+        self.model_id = f"builtin:{name}"
+        self.fingerprint = hashlib.sha256(weights).hexdigest()[:16]
+        self.sampling_rate = int(config["sample_rate"])
+        self.labels = list(config["labels"])
+        self.multi_label = bool(config["multi_label"])
+        self.default_min_confidence = float(config["default_min_confidence"])
+        self.label_map: LabelMap = builtin_label_map(name)
+        self.device = device
+        self.precision = precision
+        self.model = model.to(device).eval()
+        self.patches_per_forward = PATCHES_PER_FORWARD.get(device.type, 32)
+
+    def predict_patches(self, logmel_patches: torch.Tensor) -> torch.Tensor:
+        """[K, 187, 96] log-mel patches -> [K, n_labels] float32 sigmoid probabilities, on device."""
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), ieee_float32(self.device), \
+                torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            chunks = logmel_patches.to(self.device, torch.float32).split(self.patches_per_forward)
+            return torch.cat([torch.sigmoid(self.model(c).float()) for c in chunks])
+
+    def predict(self, windows: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N] float32 mono at 16 kHz -> [B, n_labels] float32 probabilities on CPU.
+
+        Each window's score is the mean over the full 3 s patches of its first ``lengths[i]`` samples
+        (one zero-padded patch when that is shorter than 3 s). All patches of all windows go through
+        the network together.
+        """
+        with torch.inference_mode(), ieee_float32(self.device):
+            audio = windows.to(self.device, torch.float32)
+            if audio.ndim != 2:
+                raise ValueError(f"windows must be [batch, samples], got shape {tuple(audio.shape)}")
+            n = audio.shape[1]
+            if lengths is None:
+                lengths = torch.full((audio.shape[0],), n, device=self.device)
+            lengths = lengths.to(self.device, torch.long).clamp(0, n)
+            # Samples past a track's end must be zeros, as librosa would pad them.
+            audio = audio * (torch.arange(n, device=self.device)[None, :] < lengths[:, None])
+            audio = F.pad(audio, (0, max(0, MIN_SAMPLES - n)))
+            logmel = log_mel(audio)
+            counts = patch_counts(lengths, logmel.shape[1])
+            probs = self.predict_patches(valid_patches(logmel, counts))
+            owner = torch.repeat_interleave(torch.arange(audio.shape[0], device=self.device), counts)
+            sums = torch.zeros(audio.shape[0], probs.shape[1], device=self.device).index_add_(0, owner, probs)
+            return (sums / counts[:, None]).cpu()
+
+
+def _read_builtin(name: str) -> tuple[dict, bytes]:
+    """config.json and model.safetensors bytes from the package (works from a wheel or a zip too)."""
+    folder = resources.files("tagger") / "builtin" / name
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return config, (folder / "model.safetensors").read_bytes()
+    except (OSError, ValueError) as err:
+        raise ModelError(f"builtin:{name}: model files missing or unreadable ({err})") from None
+
+
+def build_model(config: dict, weights: bytes) -> Musicnn:
+    """A Musicnn with the architecture named in ``config`` and the given safetensors weights."""
+    arch = config["architecture"]
+    model = Musicnn(len(config["labels"]), midend_filters=arch["midend_filters"],
+                    backend_units=arch["backend_units"])
+    model.load_state_dict(load_safetensors(weights))  # strict: every tensor must match by name and shape
+    return model
+
+
+def load_builtin(name: str, device: str | torch.device = "cpu", precision: str = "fp32") -> MusicnnClassifier:
+    """Load ``builtin:musicnn-msd`` or ``builtin:musicnn-mtt``.
+
+    ``precision`` "bf16" (or "fp16", CUDA only) runs the network under ``torch.autocast``; the
+    preprocessing stays float32/float16 as the original, since parity depends on it.
+    """
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"unknown built-in model {name!r}; choose one of {', '.join(BUILTIN_MODELS)}")
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("CUDA was requested but is not available")
+    if precision == "fp16" and device.type != "cuda":
+        raise ModelError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    config, weights = _read_builtin(name)
+    try:
+        model = build_model(config, weights)
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise ModelError(f"builtin:{name}: weights do not fit the musicnn architecture ({err})") from None
+    return MusicnnClassifier(name, model, config, weights, device, precision)

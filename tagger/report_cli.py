@@ -1,0 +1,137 @@
+"""``genretag report``, ``genretag show`` and ``genretag models``: read the index, render the answer.
+
+Only click is imported here at module level, so ``genretag --help`` stays instant; the queries
+(:mod:`tagger.report`) and the rendering (:mod:`tagger.report_render`) load inside the commands.
+"""
+from __future__ import annotations
+
+import click
+
+DB_HELP = "SQLite index file (default: $GENRETAG_DB or ~/.local/share/genretag/index.db)."
+GROUPINGS = ("genre", "folder", "artist", "album")  # tagger.report.GROUPINGS
+DEFAULT_REVIEW = 10  # tagger.report.ReportOptions.review; a test keeps the two equal
+
+
+def _db_path(db: str | None):
+    from .settings import ScanSettings
+
+    return ScanSettings(db=db).db_path()
+
+
+def _fail(err: Exception):
+    return click.ClickException(str(err))
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        with open(output, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        click.echo(f"Wrote {output}", err=True)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+@click.command("report")
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--db", help=DB_HELP)
+@click.option("--model", help="Report this model's predictions: a model id or path (see `genretag models`), or "
+                              "a fingerprint or its first 4+ hex digits. Default: for each track, the model "
+                              "that last scanned it.")
+@click.option("--folder", "folders", multiple=True, type=click.Path(file_okay=False),
+              help="Only tracks under this folder (repeatable: under any of them).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1),
+              help="Only tracks whose top score is at least this (failed and unpredicted ones drop out).")
+@click.option("--since", help="Only tracks predicted since: an ISO date or date-time (2024-05-01, "
+                              "2024-05-01T18:30) or an age (90s, 30m, 12h, 7d, 2w).")
+@click.option("--by", type=click.Choice(GROUPINGS), default="genre", show_default=True,
+              help="Group the distribution by genre (tagged tracks) or by folder, artist or album "
+                   "(all tracks).")
+@click.option("--review", type=click.IntRange(min=0), default=DEFAULT_REVIEW, show_default=True,
+              help="How many of the least confident tracks to list for review.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the distribution (one row per group) as CSV.")
+@click.option("--tracks", is_flag=True, help="With --csv: one row per track instead; with --json: add them.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write --json/--csv here, not to stdout.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (charts, sortable track table) to this file.")
+def report(path, db, model, folders, min_confidence, since, by, review, as_json, as_csv, tracks, output,
+           html_file):
+    """Genre distribution, statuses, confidence and the tracks to review, for the indexed library (or
+    the part of it under PATH)."""
+    from .errors import GenretagError
+    from .report import ReportOptions, build_report, parse_since
+
+    if sum(map(bool, (as_json, as_csv, html_file))) > 1:
+        raise click.UsageError("choose one of --json, --csv and --html")
+    if output and not (as_json or as_csv):
+        raise click.UsageError("--output goes with --json or --csv (use --html FILE for HTML)")
+    try:
+        since_ts = parse_since(since) if since else None
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--since") from None
+    options = ReportOptions(path=path, folders=tuple(folders), model=model, min_confidence=min_confidence,
+                            since=since_ts, by=by, review=review, tracks=bool(html_file or tracks))
+    try:
+        result = build_report(_db_path(db), options)
+    except GenretagError as err:
+        raise _fail(err) from None
+    from . import report_render as render
+
+    if html_file:
+        with open(html_file, "w", encoding="utf-8") as fh:
+            fh.write(render.report_html(result))
+        click.echo(f"Wrote {html_file} ({result.total:,} tracks)", err=True)
+    elif as_json:
+        _emit(render.report_json(result), output)
+    elif as_csv:
+        _emit(render.report_csv(result, tracks=tracks), output)
+    else:
+        render.report_terminal(result)
+
+
+@click.command("show")
+@click.argument("file", type=click.Path())
+@click.option("--db", help=DB_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def show(file, db, as_json):
+    """Everything known about one track: its tags now, its index row, each model's prediction (ranking,
+    per-window labels) and the history of genre writes."""
+    import json
+
+    from .errors import GenretagError
+    from .report import track_details
+
+    try:
+        details = track_details(_db_path(db), file)
+    except GenretagError as err:
+        raise _fail(err) from None
+    if not details["exists"] and details["track"] is None:
+        raise click.ClickException(f"{details['path']}: no such file, and not in the index")
+    if as_json:
+        click.echo(json.dumps(details, indent=2, ensure_ascii=False))
+    else:
+        from .report_render import show_terminal
+
+        show_terminal(details)
+
+
+@click.command("models")
+@click.option("--db", help=DB_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the models as JSON.")
+def models(db, as_json):
+    """The models the index has seen (with prediction counts) and the checkpoints available to scan with."""
+    import json
+
+    from .errors import GenretagError
+    from .report import model_overview
+
+    try:
+        overview = model_overview(_db_path(db))
+    except GenretagError as err:
+        raise _fail(err) from None
+    if as_json:
+        click.echo(json.dumps(overview, indent=2, ensure_ascii=False))
+    else:
+        from .report_render import models_terminal
+
+        models_terminal(overview)

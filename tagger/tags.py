@@ -1,0 +1,379 @@
+"""Read and write genre tags without ever damaging an audio file.
+
+Formats and fields (``GENRE_KEYS`` in :mod:`tagger.tagformats` is the table):
+
+=====================================  ======================  ==================================
+format (mutagen class)                 genre field             provenance field
+=====================================  ======================  ==================================
+MP3, WAVE, AIFF (ID3v2; WAV/AIFF in    ``TCON``                ``TXXX:GENRETAG``
+their ID3 chunk)
+FLAC, Ogg Vorbis/Opus/FLAC/Speex/      ``GENRE`` (repeated)    ``GENRETAG``
+Theora (Vorbis comments)
+MP4/M4A/ALAC                           ``©gen`` (list)         ``----:com.genretag:GENRETAG``
+WMA/ASF                                ``WM/Genre`` (repeated) ``GENRETAG``
+WavPack, Monkey's Audio, Musepack      ``Genre`` (NUL-joined)  ``GENRETAG``
+=====================================  ======================  ==================================
+
+Other formats mutagen parses (raw ADTS AAC, AC3, ...) read as "no genres"; writing them raises
+``UnsupportedFormat``. The provenance value is written as given (e.g.
+``model=builtin:musicnn-msd;fp=abc123;score=0.81;labels=Rock,Pop``); writing without provenance
+removes a previous one, since it would describe genres that are no longer there.
+
+ID3 versions
+    A v2.3 tag stays v2.3 (several genres joined with ``separator``, default ``"; "``, never
+    ``"/"``, which is part of names like "Drum/Bass"); v2.4 stays v2.4 (one TCON value per genre).
+    A v2.2 tag (mutagen cannot write 2.2) becomes **v2.3**: the most widely read version, and the
+    software that wrote v2.2 (old iTunes, Winamp) reads 2.3 but not always 2.4; unknown v2.2
+    frames are lost then (mutagen limitation), and undo restores the values, not the 2.2 framing.
+    A file with no ID3v2 tag gets **v2.4** (native lists, UTF-8). Existing tags are loaded
+    untranslated and saved in their own version, so other frames (TYER, unknown frames...) are
+    kept as they are. Reading normalizes numeric genres with mutagen's ``TCON.genres``:
+    ``"(17)"`` -> Rock, ``"35"`` -> House, ``"(9)(138)Viking Metal"`` -> Metal, Black Metal,
+    Viking Metal.
+
+Conflicting sources (checked against ffprobe 5.1 in tests/test_tags.py)
+    The rule: the primary tag is authoritative for reading; a secondary tag that already exists
+    gets the same genres on every write (its genre field is added if missing), so no reader that
+    prefers it sees a stale value; genretag never creates or deletes a secondary tag.
+
+    * ID3v1 (MP3): never created or removed; its genre byte follows the new genres: the first
+      genre that has an ID3v1 code (case-insensitive), else 255 = "no genre". Never 12 "Other",
+      which would be a claim of its own for readers that prefer v1. The other 127 bytes of the v1
+      tag are left byte-for-byte (mutagen's own v1 rewrite is undone). Reading prefers ID3v2
+      TCON; the v1 genre is used only when no TCON exists (e.g. a v1-only file). A v1-only file
+      gets a new v2.4 tag that also carries the v1 title/artist/album (ffmpeg and many players
+      ignore v1 once any v2 tag exists).
+    * APEv2 in an MP3 (foobar2000 reads it instead of ID3v2): an existing APE tag gets
+      ``Genre`` = the new genres (NUL-separated list). The tag is rewritten in place, so
+      Lyrics3v2/ID3v1 after it stay (mutagen's ``APEv2.save`` would truncate them). ID3v2 tags
+      at the *end* of a file (Audacious) are not seen by mutagen and are left alone.
+    * WAV ``LIST/INFO``: when a file has one, ffprobe shows only the INFO values and ignores
+      the ``id3 `` chunk, so an existing INFO list gets ``IGNR`` = genres joined by
+      ``separator`` (removed for no genres). AIFF has no genre chunk besides ID3.
+    * FLAC with several VORBIS_COMMENT blocks: the first one is authoritative; GENRE/GENRETAG are
+      removed from the others (ffprobe concatenates the values of all blocks, so mirroring would
+      report duplicates and leaving them a stale genre). An ID3v2 tag in front of a FLAC stream
+      (non-standard; ffprobe ignores it once Vorbis comments exist) gets its TCON set to the
+      same genres (a v2.2 one becomes v2.3). ID3v1 after FLAC audio is ignored (no common
+      reader uses it).
+    * MP4 legacy ``gnre`` (numeric) atoms: mutagen reads them as ``©gen`` and cannot write
+      ``gnre``, so after a write only ``©gen`` remains (mutagen behaviour, not separately tested:
+      no tool here writes ``gnre``).
+    * Ogg: the comment header of the first logical stream mutagen picks (for Theora video, the
+      Theora stream).
+
+Write modes
+    ``replace`` (default) sets exactly ``genres``; ``merge`` appends the new ones to the existing
+    (case-insensitive de-duplication, existing spelling and order first); ``fill`` only writes to a
+    file without any genre. A write that would not change any field writes nothing
+    (``TagChange.written`` is False, the file and its mtime are untouched).
+
+Safety
+    * Atomic: the file is copied to ``.<name>.genretag-tmp-<12 hex>`` in the same folder, mutagen
+      edits the copy, the copy is read back and must hold exactly the planned fields, then
+      (``verify=True``) its decoded audio must hash like the original's, then it is fsynced,
+      ``os.replace``-d onto the original and the folder is fsynced. A kill at any moment leaves
+      the original as it was or fully written; a killed writer leaves at most one temp file,
+      which :func:`cleanup_stale_temps` (or ``TEMP_RE``) recognises. Its name has no audio
+      extension, so extension-based scanners skip it (they should skip ``TEMP_RE`` names anyway).
+    * Mode bits, xattrs and (as root) owner/group are copied to the new file; ``keep_mtime``
+      also restores atime/mtime. A symlink is followed: its target is rewritten, the link stays.
+    * Refused with ``TagWriteError``, file untouched, no temp left: no write permission bit on
+      the file (checked on the mode bits even as root, who could write anyway), a folder where
+      the temp cannot be created, a full disk, and **hard-linked files** (``st_nlink > 1``):
+      ``os.replace`` would detach this name from the other links, and rewriting the shared inode
+      in place is not crash-safe, so genretag refuses rather than silently splitting or risking
+      a half-written file.
+    * ``expected=(size, mtime_ns)`` from an earlier ``os.stat``: if the file differs,
+      ``FileChanged`` and no write. The file is also re-checked just before the replace.
+    * Audio without a decodable stream cannot be verified: ``verify=True`` then refuses.
+    * Every failure is a one-line ``TagReadError`` (reading) or ``TagWriteError`` /
+      ``UnsupportedFormat`` / ``FileChanged`` (writing and restoring) naming the file.
+
+Undo
+    :func:`snapshot_genres` returns ``{"format": <mutagen class>, "fields": {...}}`` with the
+    raw value of every field genretag may touch in *this* file (``None`` = absent); e.g. MP3:
+    ``TCON`` text list, ``TXXX:GENRETAG``, ``ID3v1:genre`` (byte, None = no v1 tag), and
+    ``APEv2:Genre`` / WAV ``INFO:IGNR`` / FLAC ``VC2:GENRE``, ``ID3v2:TCON`` where those tags
+    exist. :func:`restore_genres` writes it back with the same safety rules; a field that was
+    absent (None) is removed again. Snapshot equality is the undo test: after
+    ``restore_genres(p, change.before)``, ``snapshot_genres(p) == change.before``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import secrets
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from tagger.errors import FileChanged, FileError, TagWriteError, UnreadableFile
+from tagger.tagformats import GENRE_KEYS, call, clean_genres, error_reason, open_handler
+
+__all__ = ["GENRE_KEYS", "MODES", "TEMP_RE", "TagChange", "read_genres", "read_tags_summary",
+           "snapshot_genres", "write_genres", "restore_genres", "audio_digest", "cleanup_stale_temps",
+           "is_temp_name"]
+
+MODES = ("replace", "merge", "fill")
+TEMP_MARK = ".genretag-tmp-"
+TEMP_RE = re.compile(r"\A\..*\.genretag-tmp-[0-9a-f]{12}\Z", re.DOTALL)
+_EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+@dataclass(frozen=True)
+class TagChange:
+    path: str
+    old_genres: list[str]
+    new_genres: list[str]
+    before: dict = field(repr=False)   # snapshot before (what restore_genres needs for undo)
+    after: dict = field(repr=False)    # snapshot after
+    written: bool                      # False: nothing changed, file untouched
+
+
+def is_temp_name(name: str) -> bool:
+    """True for genretag's temp-file names (``.<name>.genretag-tmp-<12 hex>``)."""
+    return bool(TEMP_RE.match(name))
+
+
+def read_genres(path, *, separator: str = "; ") -> list[str]:
+    """Normalized genre names, [] if none. Raises TagReadError."""
+    h = open_handler(os.fspath(path))
+    return h.genres(h.fields(), separator)
+
+
+def read_tags_summary(path) -> dict:
+    """``{"genres", "artist", "album", "title", "format"}`` for the index. Raises TagReadError."""
+    h = open_handler(os.fspath(path))
+    return {"genres": h.genres(h.fields(), "; "), **h.summary(), "format": h.format}
+
+
+def snapshot_genres(path) -> dict:
+    """JSON-serializable raw state of every genre-bearing field (see module docs)."""
+    h = open_handler(os.fspath(path))
+    return {"format": h.format, "fields": h.fields()}
+
+
+def _check_args(genres, mode, separator, provenance) -> list[str]:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if not isinstance(separator, str) or not separator.strip() or "/" in separator or "\0" in separator:
+        raise ValueError(f"separator must be non-blank text without '/' or NUL, not {separator!r}")
+    if isinstance(genres, str) or not all(isinstance(g, str) for g in genres):
+        raise ValueError("genres must be a list of strings")
+    for text in list(genres) + ([provenance] if provenance is not None else []):
+        if not isinstance(text, str) or any(c in text for c in "\0\r\n"):
+            raise ValueError(f"genre/provenance text must be a one-line string without NUL: {text!r}")
+    return clean_genres(genres)
+
+
+def write_genres(path, genres: list[str], *, mode: str = "replace", separator: str = "; ",
+                 provenance: str | None = None, keep_mtime: bool = False, verify: bool = False,
+                 expected: tuple[int, int] | None = None) -> TagChange:
+    """Write ``genres`` (see module docs). Raises TagWriteError, UnsupportedFormat, FileChanged;
+    on any error the file is left exactly as it was."""
+    new = _check_args(genres, mode, separator, provenance)
+    label = os.fspath(path)
+    st0 = _stat_for_write(label, expected)
+    h = open_handler(label, write=True)
+    before = h.fields()
+    old = h.genres(before, separator)
+    snap_before = {"format": h.format, "fields": copy.deepcopy(before)}
+    if mode == "fill" and old:
+        return TagChange(label, old, old, snap_before, snap_before, False)
+    target = clean_genres(old + new) if mode == "merge" else new
+    desired = h.plan(before, target, separator, provenance)
+    if desired == before:
+        return TagChange(label, old, h.genres(desired, separator), snap_before, snap_before, False)
+    after = _rewrite(label, st0, h.format, desired, keep_mtime=keep_mtime, verify=verify)
+    return TagChange(label, old, h.genres(after, separator), snap_before,
+                     {"format": h.format, "fields": after}, True)
+
+
+def restore_genres(path, snapshot: dict, *, keep_mtime: bool = False, verify: bool = False) -> bool:
+    """Write a :func:`snapshot_genres` snapshot back exactly (same atomic rules as writing; a
+    field that was absent is removed). True if the file was rewritten, False if it already held
+    the snapshot. Refuses (TagWriteError, nothing written) if the snapshot is for another format
+    or holds a value for a tag the file no longer has (e.g. its ID3v1 tag was removed since)."""
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("fields"), dict) or "format" not in snapshot:
+        raise ValueError("snapshot must be a dict from snapshot_genres()")
+    label = os.fspath(path)
+    st0 = _stat_for_write(label, None)
+    h = open_handler(label, write=True)
+    if h.format != snapshot["format"]:
+        raise TagWriteError(label, f"snapshot is for a {snapshot['format']} file, this is {h.format}; not restored")
+    current = h.fields()
+    target = dict(current)
+    missing = []
+    for key, value in snapshot["fields"].items():
+        if key in current:
+            target[key] = value
+        elif value is not None:
+            missing.append(key)
+    if missing:
+        raise TagWriteError(label, f"cannot restore {', '.join(missing)}: the file no longer has that tag; nothing restored")
+    if target == current:
+        return False
+    _rewrite(label, st0, h.format, target, keep_mtime=keep_mtime, verify=verify)
+    return True
+
+
+def audio_digest(path) -> str:
+    """MD5 (hex) of the first audio stream decoded by FFmpeg to 64-bit float PCM, so it only
+    changes if the audio does. Raises UnreadableFile if nothing decodes."""
+    label = os.fspath(path)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", "file:" + os.path.abspath(label),
+           "-map", "0:a:0", "-c:a", "pcm_f64le", "-f", "md5", "-"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        raise UnreadableFile(label, f"cannot run ffmpeg: {exc.strerror or exc}") from None
+    out = res.stdout.strip()
+    if res.returncode != 0 or not out.startswith("MD5="):
+        last = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise UnreadableFile(label, f"ffmpeg cannot decode the audio: {last[:200]}")
+    if out[4:] == _EMPTY_MD5:
+        raise UnreadableFile(label, "no decodable audio")
+    return out[4:]
+
+
+def cleanup_stale_temps(folder, *, older_than: float = 0.0, recursive: bool = False) -> list[str]:
+    """Delete genretag temp files (``TEMP_RE``) left in ``folder`` by a killed writer; returns
+    their paths. A temp file belongs to a write in progress for a few seconds at most: pass
+    ``older_than`` (seconds since last change) when other genretag runs may be writing there
+    (removing a live one only makes that write fail cleanly; its original stays intact)."""
+    removed, now = [], time.time()
+    for dirpath, dirnames, filenames in os.walk(os.fspath(folder)):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if not is_temp_name(name):
+                continue
+            try:
+                st = os.lstat(full)
+                if stat.S_ISREG(st.st_mode) and now - max(st.st_mtime, st.st_ctime) >= older_than:
+                    os.unlink(full)
+                    removed.append(full)
+            except FileNotFoundError:
+                pass
+        if not recursive:
+            break
+    return sorted(removed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The atomic rewrite
+
+def _stat_for_write(label: str, expected) -> os.stat_result:
+    try:
+        st = os.stat(label)
+    except OSError as exc:
+        raise TagWriteError(label, "file not found" if isinstance(exc, FileNotFoundError)
+                            else f"cannot stat: {exc.strerror}") from None
+    if expected is not None and (st.st_size, st.st_mtime_ns) != tuple(expected):
+        raise FileChanged(label, f"changed on disk since it was read (size, mtime_ns {st.st_size}, "
+                                 f"{st.st_mtime_ns} != expected {expected[0]}, {expected[1]}); not written")
+    if not stat.S_ISREG(st.st_mode):
+        raise TagWriteError(label, "not a regular file")
+    if not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or (
+            os.geteuid() != 0 and not os.access(label, os.W_OK)):
+        raise TagWriteError(label, "file is read-only (no write permission); not written")
+    if st.st_nlink > 1:
+        raise TagWriteError(label, f"file has {st.st_nlink} hard links; replacing it would split them "
+                                   "and an in-place rewrite is not crash-safe; not written")
+    return st
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size, b.st_mtime_ns)
+
+
+def _temp_name(real: str) -> str:
+    folder, name = os.path.split(real)
+    raw = os.fsencode(name)[:200]  # keep within NAME_MAX (255 bytes)
+    return os.path.join(folder, "." + os.fsdecode(raw) + TEMP_MARK + secrets.token_hex(6))
+
+
+def _apply_checked(tmp: str, label: str, fmt: str, desired: dict) -> dict:
+    h = open_handler(tmp, label=label, write=True)
+    if h.format != fmt:
+        raise FileChanged(label, f"file type changed while writing ({fmt} -> {h.format}); not written")
+    h.apply(desired)
+    got = open_handler(tmp, label=label, write=True).fields()
+    if got != desired:
+        diff = ", ".join(f"{k}: wanted {desired.get(k)!r}, got {got.get(k)!r}"
+                         for k in sorted(set(got) | set(desired)) if got.get(k) != desired.get(k))
+        raise TagWriteError(label, f"tags read back differently after writing ({diff[:300]}); not written")
+    return got
+
+
+def _rewrite(label: str, st0: os.stat_result, fmt: str, desired: dict, *, keep_mtime: bool, verify: bool) -> dict:
+    real = os.path.realpath(label)
+    folder = os.path.dirname(real)
+    digest0 = _digest_for_verify(real, label) if verify else None
+    tmp = _temp_name(real)
+    try:
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise TagWriteError(label, f"cannot create a temporary file in {folder}: {error_reason(exc)}") from None
+        call(label, shutil.copyfile, real, tmp, write=True, what="copying to a temporary file: ")
+        if not _same_file(os.stat(real), st0):
+            raise FileChanged(label, "changed on disk while genretag was reading it; not written")
+        after = _apply_checked(tmp, label, fmt, desired)
+        if verify:
+            digest1 = _digest_for_verify(tmp, label)
+            if digest1 != digest0:
+                raise TagWriteError(label, f"decoded audio would change ({digest0[:12]} -> {digest1[:12]}); not written")
+        call(label, _copy_metadata, real, tmp, st0, keep_mtime, write=True, what="copying permissions: ")
+        call(label, _fsync_path, tmp, write=True, what="syncing: ")
+        if not _same_file(os.stat(real), st0):
+            raise FileChanged(label, "changed on disk while genretag was writing it; not written")
+        call(label, os.replace, tmp, real, write=True, what="replacing the file: ")
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        _fsync_path(folder, directory=True)
+    except OSError:
+        pass  # the rename itself succeeded; some file systems refuse to fsync directories
+    return after
+
+
+def _digest_for_verify(path: str, label: str) -> str:
+    try:
+        return audio_digest(path)
+    except FileError as exc:
+        raise TagWriteError(label, f"cannot verify the audio ({exc.reason}); not written") from None
+
+
+def _copy_metadata(real: str, tmp: str, st0: os.stat_result, keep_mtime: bool) -> None:
+    if os.geteuid() == 0:
+        os.chown(tmp, st0.st_uid, st0.st_gid)
+    else:
+        try:
+            os.chown(tmp, -1, st0.st_gid)
+        except OSError:
+            pass
+    try:
+        shutil.copystat(real, tmp)  # mode bits, xattrs (ACLs), flags
+    except OSError:
+        os.chmod(tmp, stat.S_IMODE(st0.st_mode))
+    os.chmod(tmp, stat.S_IMODE(st0.st_mode))  # after chown, which may clear set-id bits
+    if keep_mtime:
+        os.utime(tmp, ns=(st0.st_atime_ns, st0.st_mtime_ns))
+    else:
+        os.utime(tmp)
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

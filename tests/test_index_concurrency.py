@@ -1,0 +1,279 @@
+"""The index is safe to share: versioned schema with step-by-step migrations, and several real processes
+(scans, writers, reports) on one file at once without corruption or inconsistent answers."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import tagger.index
+from tagger.errors import GenretagError
+from tagger.index import MIGRATIONS, SCHEMA_VERSION, Index
+from tagger.report import ReportOptions, build_report
+from tagger.report_cli import report
+
+REPORT_CMD = [sys.executable, "-c", "from tagger.report_cli import report; report()"]
+
+
+def schema(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return sorted(conn.execute("select type, name, tbl_name, sql from sqlite_master "
+                                   "where name != 'sqlite_sequence'"))
+    finally:
+        conn.close()
+
+
+def index_at_version(path: Path, version: int) -> Path:
+    """An index as genretag at schema ``version`` left it, holding one track and its prediction."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(path)
+    for step in range(version):
+        MIGRATIONS[step](db)
+    db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
+    db["tracks"].insert({"path": "/m/x.flac", "status": "ok", "fingerprint": "f" * 16, "model_id": "m",
+                         "updated_at": 1.0})
+    db["predictions"].insert({"path": "/m/x.flac", "fingerprint": "f" * 16, "model_id": "m", "status": "ok",
+                              "labels": '["rock"]', "scores": "[0.9]", "ranking": '[["rock", 0.9]]',
+                              "created_at": 1.0})
+    db.conn.close()
+    return path
+
+
+def integrity(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("pragma integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def query(db: Path, sql: str, args=()) -> list[tuple]:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+# -- versions ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_an_index_of_every_known_version_opens_at_the_current_one(tmp_path, version):
+    Index(tmp_path / "fresh.db").close()
+    old = index_at_version(tmp_path / "old.db", version)
+    with Index(old) as index:
+        assert index.schema_version() == SCHEMA_VERSION
+        assert index.track("/m/x.flac")["status"] == "ok"
+    assert schema(old) == schema(tmp_path / "fresh.db")
+    assert build_report(old).status["ok"] == 1
+
+
+def test_a_version_1_index_is_migrated_step_by_step(tmp_path, monkeypatch):
+    """With a version 2 (here a stand-in step that adds an index), opening a version-1 index runs exactly
+    the missing step, in order, once; the report's own connection migrates too."""
+    ran = []
+
+    def schema_2(db):
+        ran.append(2)
+        db["tracks"].create_index(["artist"], if_not_exists=True)
+
+    monkeypatch.setattr(tagger.index, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(tagger.index.MIGRATIONS, 1, schema_2)
+    old = index_at_version(tmp_path / "v1.db", 1)
+    report_ = build_report(old)  # opens through tagger.report.connect
+    assert report_.total == 1 and ran == [2]
+    with Index(old) as index:
+        assert index.schema_version() == 2
+    assert ran == [2]
+    assert ("index", "idx_tracks_artist") in [(t, n) for t, n, _, _ in schema(old)]
+
+
+def test_a_newer_index_is_refused_and_left_alone(tmp_path):
+    db = index_at_version(tmp_path / "future.db", SCHEMA_VERSION)
+    query(db, "select 1")
+    conn = sqlite3.connect(db)
+    conn.execute("update meta set value = ? where key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    conn.commit()
+    conn.close()
+    before = schema(db)
+    message = (f"index schema {SCHEMA_VERSION + 1} is newer than this genretag ({SCHEMA_VERSION}); "
+               "upgrade genretag")
+    with pytest.raises(GenretagError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Index(db)
+    with pytest.raises(GenretagError, match="newer than this genretag"):
+        build_report(db)
+    result = CliRunner().invoke(report, ["--db", str(db)])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert schema(db) == before
+
+
+def test_a_file_that_is_not_an_index_is_not_written(tmp_path):
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("create table notes (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(GenretagError, match="not a genretag index"):
+        build_report(other)
+    assert [n for _, n, _, _ in schema(other)] == ["notes"]
+
+
+# -- several processes ------------------------------------------------------------------------------------
+
+WRITER = textwrap.dedent("""
+    import sys
+    from types import SimpleNamespace
+    from tagger.index import Index
+    from tagger.records import TrackResult
+
+    db, first, count, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    with Index(db) as index:
+        index.note_model("stress", "5" * 16, ["a", "b"])
+        run = index.start_run("scan", root="/stress")
+        for i in range(first, first + count, 3):
+            batch = [TrackResult(f"/stress/{j:04d}.flac", "ok" if (j + seed) % 4 else "abstained",
+                                 labels=["a"] if (j + seed) % 4 else [], scores=[0.5] if (j + seed) % 4 else [],
+                                 ranking=[("a", 0.5), ("b", 0.2)], windows=1, size=j, mtime_ns=seed,
+                                 tags={"genres": [], "artist": f"w{seed}", "album": None, "title": None})
+                     for j in range(i, min(i + 3, first + count))]
+            index.record_results(batch, "stress", "5" * 16, run)
+            if i % 30 == 0:
+                change = SimpleNamespace(path=batch[0].path, before={}, after={}, old_genres=[],
+                                         new_genres=["a"])
+                index.record_tag_write(run, change)
+        index.finish_run(run, scanned=count)
+""")
+
+
+def test_two_writer_processes_and_reports_on_one_index(tmp_path):
+    """Two processes each commit ~100 small batches through Index, on overlapping paths, while this
+    process reports: no lock error, no corruption, one row per track, and every report is a snapshot in
+    which each track already has its prediction (both are written in one transaction)."""
+    db = tmp_path / "stress.db"
+    Index(db).close()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(first), "300", str(seed)],
+                                stderr=subprocess.PIPE, text=True)
+               for first, seed in ((0, 1), (150, 2))]
+    totals = []
+    while any(w.poll() is None for w in writers):
+        got = build_report(db, ReportOptions(by="artist"))
+        assert got.status["unpredicted"] == 0
+        assert got.total == got.status["ok"] + got.status["abstained"] + got.status["failed"]
+        assert sum(g["tracks"] for g in got.groups) == got.total
+        totals.append(got.total)
+    for w in writers:
+        assert w.wait() == 0, w.stderr.read()
+    assert totals == sorted(totals), "a later report saw fewer tracks than an earlier one"
+    assert any(0 < total < 450 for total in totals), totals
+    assert integrity(db) == "ok"
+    assert query(db, "select count(*), count(distinct path) from tracks") == [(450, 450)]
+    assert query(db, "select count(*) from predictions") == [(450,)]
+    assert query(db, "select count(*) from tag_writes") == [(20,)]
+    assert query(db, "select count(*) from runs where finished_at is not null") == [(2,)]
+    assert build_report(db).total == 450
+
+
+TRACKS, IN_Y = 80, 20  # the scan of Y/ ends (and commits) well before the scan of everything
+
+
+@pytest.fixture(scope="module")
+def short_library(tmp_path_factory) -> Path:
+    """Two-second WAV tracks: X/ and the smaller Y/."""
+    from tagger.demo import STYLES, synth, write_wav
+
+    root = tmp_path_factory.mktemp("short")
+    styles = list(STYLES)
+    for i in range(TRACKS):
+        folder = root / ("X" if i < TRACKS - IN_Y else "Y") / styles[i % len(styles)]
+        folder.mkdir(parents=True, exist_ok=True)
+        samples = synth(styles[i % len(styles)], 2.0, seed=i, sample_rate=16000)
+        write_wav(folder / f"{i:03d}.wav", samples, 16000)
+    return root
+
+
+SCAN_AT_BARRIER = textwrap.dedent("""
+    import os, sys, time
+    import tagger.cli, tagger.pipeline, tagger.infer, torch, transformers  # the slow part of starting up
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+    from transformers import Wav2Vec2ForSequenceClassification
+    ready, go = sys.argv[1:3]
+    open(ready, "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    sys.argv = ["genretag", *sys.argv[3:]]
+    tagger.cli.main()
+""")
+
+
+def scans_started_together(runs: list[list[str]], tmp_path: Path) -> list[subprocess.Popen]:
+    """`genretag scan ...` processes (the console script's own entry point, tagger.cli:main) that import
+    their heavy modules first and then start at the same moment, so that the scans surely overlap."""
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", SCAN_AT_BARRIER, str(tmp_path / f"ready{i}"), str(go),
+                               *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, args in enumerate(runs)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(len(runs))):
+        assert time.monotonic() < deadline, "the scan processes did not get ready"
+        assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs if p.poll() is not None]
+        time.sleep(0.05)
+    go.touch()
+    return procs
+
+
+def test_two_scans_on_overlapping_folders_and_a_report_meanwhile(short_library, tiny_wav2vec2, tmp_path):
+    """`genretag scan` of the whole library and of Y/ at once, on one index, while reports run (in this
+    process and as `genretag report` processes)."""
+    db = tmp_path / "shared.db"
+    options = ["--model", str(tiny_wav2vec2), "--db", str(db), "--workers", "1", "--min-confidence", "0"]
+    scans = scans_started_together([["scan", str(short_library), *options],
+                                    ["scan", str(short_library / "Y"), *options]], tmp_path)
+    seen, cli_reports, last_cli = [], [], 0.0
+    while any(s.poll() is None for s in scans):
+        if db.exists() and query(db, "select count(*) from sqlite_master where name = 'predictions'")[0][0]:
+            result = CliRunner().invoke(report, ["--db", str(db), "--json"], catch_exceptions=False)
+            got = json.loads(result.output)
+            status = got["status"]
+            assert status["unpredicted"] == 0, "a track was visible without its prediction"
+            assert got["total"] == status["ok"] + status["abstained"] + status["failed"]
+            assert sum(g["tracks"] for g in got["groups"]) == status["ok"]
+            assert sum(b["tracks"] for b in got["confidence"]) == status["ok"] + status["abstained"]
+            seen.append(got["total"])
+            if time.monotonic() - last_cli > 1.0 and len(cli_reports) < 2:
+                last_cli = time.monotonic()
+                cli_reports.append(subprocess.Popen([*REPORT_CMD, "--db", str(db), "--json"],
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(0.05)
+    for s in scans:
+        out, err = s.communicate()
+        assert s.returncode == 0, err
+    for proc in cli_reports:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        status = json.loads(out)["status"]
+        assert json.loads(out)["total"] == status["ok"] + status["abstained"] + status["failed"]
+
+    assert integrity(db) == "ok"
+    assert query(db, "select count(*), count(distinct path) from tracks") == [(TRACKS, TRACKS)]
+    rows = query(db, "select path, size, mtime_ns, status from predictions")
+    assert len(rows) == TRACKS and {r[3] for r in rows} == {"ok"}
+    for path, size, mtime_ns, _ in rows:
+        st = os.stat(path)
+        assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns)
+    runs = query(db, "select root, scanned + skipped, started_at, finished_at from runs order by id")
+    expected_runs = sorted([(short_library.name, TRACKS), ("Y", IN_Y)])
+    assert sorted((Path(r[0]).name, r[1]) for r in runs) == expected_runs
+    (_, _, start_a, end_a), (_, _, start_b, end_b) = runs
+    assert start_a < end_b and start_b < end_a, "the two scans did not overlap in time"
+    assert any(0 < total < TRACKS for total in seen), f"no report landed mid-scan: {seen}"
+    assert build_report(db).total == TRACKS

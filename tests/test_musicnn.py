@@ -1,0 +1,211 @@
+"""The PyTorch musicnn port against the TensorFlow original (tests/data/musicnn, see its README)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tagger.errors import ModelError
+from tagger.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, load_builtin, log_compress,
+                            log_mel, patch_counts, valid_patches)
+
+DATA = Path(__file__).parent / "data" / "musicnn"
+REF = json.loads((DATA / "musicnn_reference.json").read_text())
+SIGNALS = ("noise_seed0", "synth_music_seed1", "sweep_50_7000")
+REF_NAMES = {"musicnn-msd": "MSD_musicnn", "musicnn-mtt": "MTT_musicnn"}
+ATOL = 1e-4  # the reference's recommended tolerance on probabilities
+FLOAT16_LIMIT = torch.log10(torch.tensor(65504.0, dtype=torch.float16)).item()  # the original's largest log-mel
+
+
+def read_float_wav(path: Path) -> np.ndarray:
+    """Samples of an IEEE-float32 mono WAV, read exactly (no resampling, no int conversion)."""
+    raw = path.read_bytes()
+    pos = 12
+    while pos < len(raw):
+        chunk, size = raw[pos:pos + 4], int.from_bytes(raw[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            return np.frombuffer(raw[pos + 8:pos + 8 + size], dtype="<f4")
+        pos += 8 + size + (size & 1)
+    raise ValueError(f"{path}: no data chunk")
+
+
+def reference(signal: str, model: str) -> dict:
+    return REF["signals"][signal][REF_NAMES[model]]
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    return {name: load_builtin(name) for name in BUILTIN_MODELS}
+
+
+@pytest.fixture(scope="module")
+def wavs() -> torch.Tensor:
+    return torch.from_numpy(np.stack([read_float_wav(DATA / f"{s}.wav") for s in SIGNALS]))
+
+
+@pytest.fixture(scope="module")
+def reference_logmel() -> torch.Tensor:
+    npz = np.load(DATA / "logmel_float16.npz")
+    return torch.from_numpy(np.stack([npz[s] for s in SIGNALS]).astype(np.float32))
+
+
+def all_patches(logmel: torch.Tensor) -> torch.Tensor:
+    """Every full patch of every signal, signal-major, as the reference lists them."""
+    return valid_patches(logmel, torch.full((logmel.shape[0],), logmel.shape[1] // PATCH_FRAMES))
+
+
+def per_patch_reference(model: str) -> np.ndarray:
+    return np.concatenate([np.array(reference(s, model)["per_patch"]) for s in SIGNALS])
+
+
+def test_labels_and_parameter_count_match_the_checkpoint(classifiers):
+    for name, clf in classifiers.items():
+        info = REF["checkpoints"][REF_NAMES[name]]
+        assert clf.labels == REF["tags"][REF_NAMES[name]]
+        state = clf.model.state_dict()
+        assert len(state) == info["model_variables"]
+        assert sum(t.numel() for t in state.values()) == info["params_total_incl_bn_moving_stats"]
+
+
+def test_logmel_equals_reference_up_to_rare_float16_rounding_flips(wavs, reference_logmel):
+    """Bins whose value sits on a float16 rounding boundary may round the other way (our float32 STFT
+    rounds differently from librosa's). Allow that in at most 0.05 % of the bins, by at most one
+    float16 ulp at the top of the log-mel range (2**-8); all other bins must be bit-identical."""
+    ours = log_mel(wavs)
+    assert ours.shape == reference_logmel.shape == (3, 1251, 96)
+    diff = (ours - reference_logmel).abs()
+    assert diff.max() <= 2.0**-8
+    assert (diff > 0).sum() <= 0.0005 * diff.numel()
+
+
+@pytest.mark.parametrize("model", BUILTIN_MODELS)
+def test_per_patch_probabilities_from_reference_logmel(classifiers, reference_logmel, model):
+    probs = classifiers[model].predict_patches(all_patches(reference_logmel))
+    np.testing.assert_allclose(probs.numpy(), per_patch_reference(model), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("model", BUILTIN_MODELS)
+def test_per_patch_probabilities_from_wav(classifiers, wavs, model):
+    probs = classifiers[model].predict_patches(all_patches(log_mel(wavs)))
+    np.testing.assert_allclose(probs.numpy(), per_patch_reference(model), rtol=0, atol=ATOL)
+
+
+def test_predict_is_the_mean_over_patches_and_honours_lengths(classifiers, wavs):
+    """Window 0 is a whole 20 s signal; window 1 holds the first 10 s of another, then 10 s of junk
+    that ``lengths`` must exclude. 10 s gives 626 frames, i.e. the reference's first 3 patches."""
+    windows = wavs[:2].clone()
+    windows[1, 10 * SAMPLE_RATE:] = 0.5
+    lengths = torch.tensor([windows.shape[1], 10 * SAMPLE_RATE])
+    probs = classifiers["musicnn-mtt"].predict(windows, lengths)
+    assert probs.dtype == torch.float32 and probs.device.type == "cpu"
+    expected_0 = np.array(reference(SIGNALS[0], "musicnn-mtt")["mean"])
+    expected_1 = np.array(reference(SIGNALS[1], "musicnn-mtt")["per_patch"])[:3].mean(axis=0)
+    np.testing.assert_allclose(probs.numpy(), np.stack([expected_0, expected_1]), rtol=0, atol=ATOL)
+
+
+def test_short_windows_get_one_zero_padded_patch(classifiers, wavs):
+    clf = classifiers["musicnn-mtt"]
+    one_second = wavs[1:2, :SAMPLE_RATE]
+    padded = torch.nn.functional.pad(one_second, (0, 3 * SAMPLE_RATE))
+    short = clf.predict(one_second)
+    assert torch.equal(patch_counts(torch.tensor([SAMPLE_RATE, 0]), 1876), torch.tensor([1, 1]))
+    torch.testing.assert_close(short, clf.predict(padded, torch.tensor([SAMPLE_RATE])), rtol=0, atol=1e-6)
+    assert torch.isfinite(clf.predict(torch.zeros(2, 100), torch.tensor([0, 100]))).all()
+
+
+def loud_signals() -> torch.Tensor:
+    """A full-scale square wave and clipped noise: both overflow the original's float16 log-mel."""
+    t = torch.arange(5 * SAMPLE_RATE) / SAMPLE_RATE
+    square = torch.sign(torch.sin(2 * torch.pi * 220 * t))
+    noise = torch.randn(t.shape[0], generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    return torch.stack([square, noise])
+
+
+def test_loud_input_gives_finite_input_dependent_output(classifiers):
+    loud = loud_signals()
+    logmel = log_mel(loud)
+    assert torch.isfinite(logmel).all()
+    overflow = logmel > FLOAT16_LIMIT
+    assert overflow.any(dim=(1, 2)).all()  # both signals exercise the overflow path
+    # Beyond the limit the log-mel still tracks loudness: 4x the amplitude is 16x the power, +log10(16).
+    quieter = log_mel(0.25 * loud)
+    torch.testing.assert_close(logmel[overflow] - quieter[overflow],
+                               torch.full((int(overflow.sum()),), float(np.log10(16))), rtol=0, atol=0.01)
+    for clf in classifiers.values():
+        probs = clf.predict(loud)
+        assert torch.isfinite(probs).all()
+        assert (probs[0] - probs[1]).abs().max() > 0.05
+        assert (clf.predict(0.25 * loud) - probs).abs().max() > 0.01
+
+
+def test_log_compress_is_float16_exact_in_range_and_continuous_beyond():
+    mel = torch.cat([torch.logspace(-8, 0.8, 2000), torch.linspace(6.0, 7.0, 2001), torch.tensor([1e3, 1e6])])
+    out = log_compress(mel)
+    float16_path = torch.log10(mel.half() * 10000 + 1).float()
+    in_range = torch.isfinite(float16_path)
+    assert in_range.sum() < len(mel) - 3  # the test spans the float16 limit
+    assert torch.equal(out[in_range], float16_path[in_range])
+    torch.testing.assert_close(out, torch.log10(mel * 10000 + 1), rtol=0, atol=2.0**-8)  # <= 1 float16 ulp
+
+
+def test_max_over_frequency_equals_the_plain_block_for_mixed_sign_batch_norm():
+    torch.manual_seed(0)
+    block = ConvBlock(torch.nn.Conv2d(1, 8, (7, 5)), (0, 0, 3, 3)).eval()
+    with torch.no_grad():
+        block.bn.weight.copy_(torch.randn(8))  # about half the channels get a negative scale
+        block.bn.running_var.uniform_(0.5, 2.0)
+        block.bn.running_mean.normal_()
+    x = torch.randn(3, 1, 20, 16)
+    assert torch.equal(block.max_over_frequency(x), block(x).amax(dim=3))
+
+
+def test_bf16_autocast_stays_close_to_fp32(classifiers, reference_logmel):
+    patch = reference_logmel[1:2, :64]  # 1 s is enough here, and bf16 is slow on CPUs without AVX512-BF16
+    bf16 = load_builtin("musicnn-msd", precision="bf16").predict_patches(patch)
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, classifiers["musicnn-msd"].predict_patches(patch), rtol=0, atol=0.05)
+
+
+def test_classifier_attributes(classifiers):
+    for name, clf in classifiers.items():
+        weights = (resources.files("tagger") / "builtin" / name / "model.safetensors").read_bytes()
+        assert clf.model_id == f"builtin:{name}"
+        assert clf.fingerprint == hashlib.sha256(weights).hexdigest()[:16]
+        assert clf.sampling_rate == SAMPLE_RATE and clf.multi_label
+        assert 0 < clf.default_min_confidence < 1
+        assert clf.device == torch.device("cpu")
+        # The built-in map decides every label explicitly and names no label the model lacks.
+        assert clf.label_map.unknown_labels(clf.labels) == []
+        assert all(label in clf.label_map.rename or label in clf.label_map.drop for label in clf.labels)
+    assert classifiers["musicnn-msd"].fingerprint != classifiers["musicnn-mtt"].fingerprint
+
+
+def test_signals_without_genre_evidence_stay_below_the_default_min_confidence(classifiers, wavs):
+    """Silence and white noise must not be tagged with the model's prior (Rock, Classical...)."""
+    windows = torch.cat([torch.zeros(1, 3 * SAMPLE_RATE), wavs[:1, : 3 * SAMPLE_RATE]])
+    for clf in classifiers.values():
+        for scores in clf.predict(windows):
+            best = clf.label_map.apply(clf.labels, scores)[0]
+            assert best[1] < clf.default_min_confidence, best
+
+
+@pytest.mark.parametrize("kwargs", [{"name": "musicnn-nope"}, {"name": "musicnn-msd", "precision": "int8"},
+                                    {"name": "musicnn-msd", "precision": "fp16"}])
+def test_bad_load_arguments_raise_model_error(kwargs):
+    with pytest.raises(ModelError):
+        load_builtin(**kwargs)
+
+
+@pytest.mark.gpu
+def test_cuda_windows_match_the_reference(wavs):
+    clf = load_builtin("musicnn-msd", device="cuda")
+    probs = clf.predict(wavs.cuda())
+    assert probs.device.type == "cpu"
+    expected = np.stack([np.array(reference(s, "musicnn-msd")["mean"]) for s in SIGNALS])
+    np.testing.assert_allclose(probs.numpy(), expected, rtol=0, atol=ATOL)
+    assert torch.isfinite(clf.predict(loud_signals().cuda())).all()

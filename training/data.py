@@ -1,0 +1,375 @@
+"""Training data: labelled clips and their train / valid / test split.
+
+Four sources, one result (a :class:`Dataset` of ``(path, label)`` examples):
+
+* **GTZAN** in a local folder: ``genres/<genre>/<genre>.000NN.wav`` (the original ``.au`` too),
+  ``genres_original/`` (the Kaggle/HF copy), or DATA pointing at the folder that holds the genre dirs.
+  Default split: the fault-filtered, artist-conscious split of Kereliuk, Sturm & Larsen (2015), shipped
+  in ``training/splits/`` (see its README). GTZAN's random splits leak artists and replicated excerpts
+  between train and test and overstate accuracy by ten points or more.
+* **A class-per-folder dataset** ``<root>/<label>/**/*.{wav,mp3,flac,...}`` for any taxonomy.
+* **The user's own library** (``from_index``): the labels are the genres already in the files' tags,
+  as ``genretag scan`` read them into the index. A track with several genres is labelled with the
+  first one (in tag order) that survives the genre map and the whitelist: training here is
+  single-label, and the first genre is the one taggers and users put first.
+* **A Hugging Face hub dataset id** (needs network and the ``datasets`` package): its clips are
+  written once as WAV files under the genretag data dir and then read like a class-per-folder dataset.
+
+Everything other than the filtered GTZAN split is split at random, stratified by label, 80/10/10, with
+a seed. Splits are made from paths only, before any audio is decoded, so ``genretag evaluate`` with
+the same options sees exactly the clips ``genretag train`` held out. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from tagger.errors import GenretagError
+
+PARTS = ("train", "valid", "test")
+RANDOM_FRACTIONS = (0.8, 0.1, 0.1)
+MIN_PER_GENRE = 3
+"""A genre needs one clip in each of train, valid and test to be learned and measured at all."""
+
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+GTZAN_FILE = re.compile(r"\A(?P<genre>[a-z]+)\.(?P<number>\d{5})\.(?:wav|au)\Z")
+GTZAN_LAYOUTS = ("", "genres", "genres_original", "Data/genres_original")
+
+
+class DataError(GenretagError):
+    """The training data cannot be found, read or split as asked."""
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which clips to learn from and how to split them. ``help`` is the CLI's help text."""
+
+    data: str = _opt("", "GTZAN folder, class-per-folder dataset, music library (--from-index) or hub id.")
+    split: str | None = _opt(None, "filtered (GTZAN's fault-filtered artist-conscious split; the default "
+                                   "for GTZAN) or random (stratified 80/10/10; the default elsewhere).")
+    seed: int = _opt(0, "Seed of the random split, the crops, the augmentation and the new head.")
+    from_index: bool = _opt(False, "DATA is your library: learn the genres already in its tags, as read "
+                                   "into the index by `genretag scan`.")
+    db: str | None = _opt(None, "Index to read with --from-index (default: $GENRETAG_DB or "
+                                "~/.local/share/genretag/index.db).")
+    min_per_genre: int = _opt(MIN_PER_GENRE, "Drop genres with fewer clips than this.")
+    genres: tuple[str, ...] | None = _opt(None, "Only these genres (comma-separated, after --genre-map).")
+    genre_map: str | None = _opt(None, 'TOML file renaming genres, e.g. "Hip Hop" = "Hip-Hop"; '
+                                       "renamed genres merge.")
+
+
+@dataclass(frozen=True)
+class Example:
+    path: str
+    label: str
+
+
+@dataclass
+class Dataset:
+    """Labelled clips in three parts. ``notes`` says, one line each, what was left out and why."""
+
+    source: str  # gtzan | folder | index | hub
+    root: str
+    split: str  # filtered | random
+    labels: list[str]
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+    notes: list[str] = field(default_factory=list)
+
+    def parts(self) -> dict[str, list[Example]]:
+        return {"train": self.train, "valid": self.valid, "test": self.test}
+
+    def split_name(self, part: str) -> str:
+        """How a reported number names its clips, e.g. ``gtzan filtered/test``."""
+        return f"{self.source} {self.split}/{part}"
+
+    def summary(self) -> str:
+        counts = " / ".join(f"{len(v)} {k}" for k, v in self.parts().items())
+        return f"{self.source} dataset at {self.root}, {self.split} split: {counts} clips, {len(self.labels)} genres"
+
+    def without(self, bad: set[str]) -> "Dataset":
+        """The same dataset minus the clips at ``bad`` paths (unreadable audio)."""
+        keep = {part: [e for e in examples if e.path not in bad] for part, examples in self.parts().items()}
+        return Dataset(self.source, self.root, self.split, self.labels, **keep, notes=list(self.notes))
+
+
+def load_dataset(settings: DataSettings) -> Dataset:
+    """Find the clips of ``settings.data``, label them, filter the genres and split them."""
+    source, root, pairs, notes = _read_source(settings)
+    examples, label_notes = relabel(pairs, settings)
+    notes += label_notes
+    split = settings.split or ("filtered" if source == "gtzan" else "random")
+    if split == "filtered":
+        if source != "gtzan":
+            raise DataError(f"the filtered split is defined for GTZAN only; {root} is a {source} dataset "
+                            "(use --split random)")
+        parts, split_notes = filtered_split(examples, Path(root))
+    elif split == "random":
+        parts, split_notes = random_split(examples, settings.seed)
+    else:
+        raise DataError(f"unknown split '{split}' (filtered or random)")
+    notes += split_notes
+    labels = sorted({e.label for e in parts["train"]})
+    for part in ("valid", "test"):
+        unseen = sorted({e.label for e in parts[part]} - set(labels))
+        if unseen:
+            notes.append(f"{part}: dropped clips of genres with no training clip: {', '.join(unseen)}")
+            parts[part] = [e for e in parts[part] if e.label in labels]
+    if len(labels) < 2:
+        raise DataError(f"{root}: need at least 2 genres with training clips, found {len(labels)}"
+                        + (" (is the filtered split right for this copy? try --split random)"
+                           if split == "filtered" else ""))
+    return Dataset(source, str(root), split, labels, parts["train"], parts["valid"], parts["test"], notes)
+
+
+# -- sources ---------------------------------------------------------------------------------------------
+def _read_source(settings: DataSettings) -> tuple[str, str, list[tuple[str, list[str]]], list[str]]:
+    """``(source, root, [(path, genres)], notes)``."""
+    data = Path(settings.data).expanduser()
+    if settings.from_index:
+        if not data.is_dir():
+            raise DataError(f"{data}: not a folder (--from-index takes the library folder you scanned)")
+        pairs, notes = index_pairs(data, settings.db)
+        return "index", str(data.resolve()), pairs, notes
+    if data.is_dir():
+        if gtzan := find_gtzan_root(data):
+            return "gtzan", str(gtzan.resolve()), gtzan_pairs(gtzan), []
+        return "folder", str(data.resolve()), *folder_pairs(data)
+    if data.exists():
+        raise DataError(f"{data}: not a folder")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", settings.data) and not settings.data.startswith((".", "/", "~")):
+        folder = hub_to_folder(settings.data)
+        return "hub", settings.data, *folder_pairs(folder)
+    raise DataError(f"{data}: no such folder")
+
+
+def find_gtzan_root(data: Path) -> Path | None:
+    """The folder holding GTZAN's genre dirs, in any of the layouts GTZAN copies come in."""
+    for layout in GTZAN_LAYOUTS:
+        folder = data / layout if layout else data
+        dirs = _subdirs(folder)
+        if dirs and all(d.name in GTZAN_GENRES for d in dirs) and any(
+                GTZAN_FILE.match(f.name) and f.name.startswith(d.name + ".") for d in dirs for f in d.iterdir()):
+            return folder
+    return None
+
+
+def gtzan_pairs(root: Path) -> list[tuple[str, list[str]]]:
+    return [(str(f), [d.name]) for d in _subdirs(root) for f in sorted(d.iterdir())
+            if GTZAN_FILE.match(f.name) and f.name.startswith(d.name + ".")]
+
+
+def folder_pairs(root: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """Every audio file under ``root/<label>/`` (recursively, via the tagger's own discovery)."""
+    from tagger.discover import discover
+
+    notes: list[str] = []
+    pairs = [(track.path, [label_dir.name]) for label_dir in _subdirs(root)
+             for track in discover(label_dir, on_error=lambda err: notes.append(f"skipped {err}"))]
+    loose = [p.name for p in root.iterdir() if p.is_file()]
+    if loose:
+        notes.append(f"{len(loose)} files directly in {root} have no label folder and were left out")
+    if not pairs:
+        raise DataError(f"{root}: no audio files in label folders (expected <root>/<genre>/*.wav|mp3|...)")
+    return pairs, notes
+
+
+def index_pairs(library: Path, db: str | None) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """Tracks under ``library`` whose tags had genres when ``genretag scan`` last read them."""
+    from tagger.index import Index
+    from tagger.settings import default_db_path
+
+    db_path = Path(db).expanduser() if db else default_db_path()
+    if not db_path.is_file():
+        raise DataError(f"no index at {db_path}; run `genretag scan {library}` first so the genres in "
+                        "your files' tags are read into it")
+    prefix = os.path.join(os.path.abspath(library), "")
+    with Index(db_path) as index:
+        rows = index.db.execute("select path, raw_path, genres from tracks where genres is not null").fetchall()
+    pairs, gone = [], 0
+    for key, raw, genres in rows:
+        path = os.path.abspath(os.fsdecode(raw) if raw else key)  # a scan given a relative folder stores it so
+        if not path.startswith(prefix):
+            continue
+        genres = json.loads(genres or "[]")
+        if not genres:
+            continue
+        if not os.path.isfile(path):
+            gone += 1
+            continue
+        pairs.append((path, genres))
+    notes = [f"{gone} indexed tracks no longer exist and were left out"] if gone else []
+    if not pairs:
+        raise DataError(f"the index {db_path} has no tracks with genres under {library}; "
+                        f"run `genretag scan {library}` first")
+    return sorted(pairs), notes
+
+
+def hub_to_folder(name: str) -> Path:
+    """Write a hub dataset's clips once as ``<data dir>/datasets/<name>/<label>/<n>.wav``."""
+    from tagger.settings import data_dir
+
+    folder = data_dir() / "datasets" / name.replace("/", "--")
+    if (folder / ".complete").exists():
+        return folder
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"'{name}' is not a local folder; reading hub datasets needs the `datasets` "
+                        "package (pip install datasets) and network access") from None
+    import numpy as np
+
+    from tagger.demo import write_wav
+
+    try:
+        splits = datasets.load_dataset(name)
+    except Exception as exc:
+        raise DataError(f"cannot load hub dataset '{name}': {' '.join(str(exc).split())[:300]}") from None
+    for split_name, split in splits.items():
+        audio_col = next(k for k, f in split.features.items() if isinstance(f, datasets.Audio))
+        label_col = next(k for k, f in split.features.items() if isinstance(f, datasets.ClassLabel))
+        names = split.features[label_col].names
+        for i, row in enumerate(split):
+            target = folder / names[row[label_col]] / f"{split_name}-{i:06d}.wav"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            audio = row[audio_col]
+            samples = np.clip(np.asarray(audio["array"], dtype=np.float32), -1, 1)
+            write_wav(target, samples, int(audio["sampling_rate"]))
+    (folder / ".complete").touch()
+    return folder
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return []
+
+
+# -- labels ----------------------------------------------------------------------------------------------
+def load_genre_map(path: str | os.PathLike) -> dict[str, str]:
+    """``{"Hip Hop" = "Hip-Hop"}`` pairs, top-level or under ``[genres]`` (as in label maps)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read genre map ({exc})") from None
+    table = data.get("genres", data) if isinstance(data.get("genres"), dict) else data
+    bad = [k for k, v in table.items() if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise DataError(f"{path}: genre map values must be genre names (text); check {', '.join(bad)}")
+    return {k: v.strip() for k, v in table.items()}
+
+
+def relabel(pairs: Iterable[tuple[str, list[str]]], settings: DataSettings) -> tuple[list[Example], list[str]]:
+    """One label per clip: map, whitelist, first surviving genre, then drop genres rarer than
+    ``min_per_genre``. Genre names compare case-insensitively ("rock" and "Rock" are one genre, spelled
+    as the whitelist, the map, or else most often)."""
+    mapping = {k.casefold(): v for k, v in (load_genre_map(settings.genre_map) if settings.genre_map else {}).items()}
+    allowed = {g.casefold(): g for g in settings.genres} if settings.genres else None
+    chosen: list[tuple[str, str]] = []
+    unlabelled = 0
+    for path, genres in pairs:
+        names = [mapping.get(g.casefold(), g) for g in genres]
+        names = [n for n in names if allowed is None or n.casefold() in allowed]
+        if names:
+            chosen.append((path, names[0]))
+        else:
+            unlabelled += 1
+    spelling = _spellings([name for _, name in chosen], allowed, set(mapping.values()))
+    counts = Counter(spelling[name.casefold()] for _, name in chosen)
+    rare = sorted(g for g, n in counts.items() if n < settings.min_per_genre)
+    notes = []
+    if unlabelled:
+        notes.append(f"{unlabelled} clips have no genre left after the genre map and whitelist")
+    if allowed and (missing := sorted(g for k, g in allowed.items() if k not in {n.casefold() for n in counts})):
+        notes.append(f"whitelisted genres with no clips: {', '.join(missing)}")
+    if rare:
+        notes.append(f"dropped {len(rare)} genres with fewer than {settings.min_per_genre} clips: "
+                     + ", ".join(f"{g} ({counts[g]})" for g in rare))
+    examples = [Example(path, spelling[name.casefold()]) for path, name in chosen
+                if spelling[name.casefold()] not in rare]
+    return examples, notes
+
+
+def _spellings(names: list[str], allowed: dict | None, mapped: set[str]) -> dict[str, str]:
+    preferred = {**{m.casefold(): m for m in mapped}, **(allowed or {})}
+    common = Counter(names)
+    out = {}
+    for name in sorted(set(names), key=lambda n: (-common[n], n)):
+        out.setdefault(name.casefold(), preferred.get(name.casefold(), name))
+    return out
+
+
+# -- splits ----------------------------------------------------------------------------------------------
+def filtered_split_lists() -> dict[str, list[str]]:
+    """The fault-filtered GTZAN lists: ``genre/genre.000NN.wav`` entries per part."""
+    folder = resources.files("training") / "splits"
+    return {part: [line.strip() for line in (folder / f"{part}_filtered.txt").read_text().splitlines()
+                   if line.strip()] for part in PARTS}
+
+
+def filtered_split(examples: list[Example], root: Path) -> tuple[dict[str, list[Example]], list[str]]:
+    """Place each GTZAN clip where the filtered lists put it; clips in no list are left out."""
+    by_key = {_gtzan_key(e.path, root): e for e in examples}
+    parts, missing, used = {}, [], set()
+    for part, entries in filtered_split_lists().items():
+        keys = [_gtzan_key(entry, None) for entry in entries]
+        parts[part] = [by_key[k] for k in keys if k in by_key]
+        missing += [e for e, k in zip(entries, keys) if k not in by_key]
+        used.update(keys)
+    notes = []
+    left_out = len(set(by_key) - used)
+    if left_out:
+        notes.append(f"{left_out} clips are in none of the filtered split's lists (replicas, mislabelings, "
+                     "distortions) and were left out")
+    if missing:
+        notes.append(f"{len(missing)} clips of the filtered split are not in {root} (or were filtered "
+                     f"out by genre), e.g. {missing[0]}")
+    return parts, notes
+
+
+def _gtzan_key(path: str, root: Path | None) -> str:
+    """``genre/genre.000NN`` whatever the folder and extension (.wav, .au)."""
+    p = Path(path)
+    rel = p.relative_to(root) if root else p
+    return f"{rel.parent.name}/{rel.stem}"
+
+
+def random_split(examples: list[Example], seed: int, fractions=RANDOM_FRACTIONS
+                 ) -> tuple[dict[str, list[Example]], list[str]]:
+    """Stratified split: each genre's clips are ordered by a seeded hash of their path and cut 80/10/10,
+    with at least one valid and one test clip per genre, so every genre is measured.
+
+    Hashing rather than shuffling makes a genre's split depend on its own clips only: evaluating with
+    a different --genres whitelist still finds the held-out clips of the genres the model knows.
+    """
+    import hashlib
+
+    def order(e: Example) -> str:
+        return hashlib.sha256(f"{seed}\0{e.path}".encode("utf-8", "surrogateescape")).hexdigest()
+
+    parts: dict[str, list[Example]] = {part: [] for part in PARTS}
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    for label, items in by_label.items():
+        items = sorted(items, key=order)
+        n = len(items)
+        n_valid = max(1, round(n * fractions[1])) if n >= 3 else 0
+        n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
+        parts["test"] += items[:n_test]
+        parts["valid"] += items[n_test:n_test + n_valid]
+        parts["train"] += items[n_test + n_valid:]
+    return {part: sorted(items, key=lambda e: e.path) for part, items in parts.items()}, []

@@ -1,0 +1,72 @@
+"""Judge a checkpoint the way ``genretag scan`` will use it.
+
+Every clip goes through :class:`tagger.pipeline.Tagger`: the tagger's decoder, its window plan (up to
+three 30 s windows per track), the model's segmenting of each window and the mean over windows. The
+prediction is the top-1 label of the track's ranking, so no confidence threshold hides a mistake.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from tagger.errors import FileError, UnreadableFile
+
+from .data import Dataset, DataSettings, Example, load_dataset
+
+CHUNK = 16
+"""Tracks decoded per call to the tagger: bounds memory (a chunk's windows are held at once)."""
+
+
+def evaluate_parts(checkpoint, dataset: Dataset, parts: Sequence[str] = ("test",), *, device: str = "auto",
+                   batch_size: int | None = None, on_skip: Callable[[str], None] | None = None) -> dict:
+    """``{part: metrics}`` (see :func:`training.metrics.split_metrics`) for the non-empty ``parts``."""
+    from tagger.pipeline import Tagger
+
+    from .metrics import split_metrics
+
+    report = on_skip or (lambda line: None)
+    tagger = Tagger(model=os.fspath(checkpoint), device=device, batch_size=batch_size)
+    labels = tagger.classifier.labels
+    results = {}
+    for part in parts:
+        examples = dataset.parts()[part]
+        unknown = sorted({e.label for e in examples} - set(labels))
+        if unknown:
+            report(f"{part}: {sum(e.label in unknown for e in examples)} clips of genres the model does not "
+                   f"know were left out: {', '.join(unknown)}")
+            examples = [e for e in examples if e.label not in unknown]
+        if not examples:
+            continue
+        scored = classify(tagger, examples, report)
+        results[part] = split_metrics([e.label for e, _ in scored], [p for _, p in scored], labels,
+                                      dataset.split_name(part), paths=[e.path for e, _ in scored])
+    return results
+
+
+def classify(tagger, examples: list[Example], report: Callable[[str], None]) -> list[tuple[Example, str]]:
+    """``(example, top-1 label)`` per readable clip; unreadable clips are reported and left out."""
+    out = []
+    for start in range(0, len(examples), CHUNK):
+        chunk = examples[start:start + CHUNK]
+        try:
+            results = tagger.classify_tracks([e.path for e in chunk])
+            out += [(e, r.ranking[0][0]) for e, r in zip(chunk, results)]
+        except (FileError, OSError):  # find the bad clip(s); the rest of the chunk still counts
+            for e in chunk:
+                try:
+                    out.append((e, tagger.classify_tracks([e.path])[0].ranking[0][0]))
+                except (FileError, OSError) as err:
+                    report(f"skipped {err if isinstance(err, FileError) else UnreadableFile(e.path, str(err))}")
+    return out
+
+
+def evaluate_checkpoint(checkpoint, data: DataSettings, parts: Sequence[str] = ("test",), *,
+                        device: str = "auto", batch_size: int | None = None,
+                        report: Callable[[str], None] = print) -> tuple[Dataset, dict]:
+    """Rebuild the dataset split of ``data`` (same options and seed as training give the same held-out
+    clips) and evaluate ``checkpoint`` on ``parts``."""
+    dataset = load_dataset(data)
+    for note in dataset.notes:
+        report(f"note: {note}")
+    return dataset, evaluate_parts(checkpoint, dataset, parts, device=device, batch_size=batch_size,
+                                   on_skip=report)
