@@ -184,6 +184,8 @@ class HFClassifier:
         self.default_min_confidence = getattr(config, "genretag_min_confidence", None) or (
             FALLBACK_MIN_CONFIDENCE)
         self.label_map = identity_map()
+        self.raw_waveform = type(feature_extractor).__name__ == "Wav2Vec2FeatureExtractor" and (
+            feature_extractor.feature_size == 1)
         seconds = segment_seconds(feature_extractor)
         self.segment_samples = int(seconds * self.sampling_rate) if seconds else None
 
@@ -200,6 +202,12 @@ class HFClassifier:
             model, extractor = _load_hub(name)
             fingerprint = _hub_fingerprint(model, name)
         model.eval().to(device)
+        if device.type == "cuda":
+            import torch
+
+            # Windows have one fixed length, so cuDNN's autotuned convolution algorithms pay off at once
+            # (wav2vec2's feature encoder is most of its GPU time).
+            torch.backends.cudnn.benchmark = True
         return cls(name, model, extractor, device, precision, fingerprint)
 
     def predict(self, windows, lengths=None):
@@ -208,12 +216,14 @@ class HFClassifier:
 
         if lengths is None:
             lengths = torch.full((windows.shape[0],), windows.shape[1])
+        if self.device.type == "cuda":  # one pinned, asynchronous copy per batch
+            windows = windows.pin_memory().to(self.device, non_blocking=True)
         segments, owners = [], []
-        for i, (window, valid) in enumerate(zip(windows, lengths.tolist())):
+        for i, valid in enumerate(lengths.tolist()):
             valid = max(int(valid), 1)
             size = self.segment_samples or valid
             for offset in plan_segments(valid, size):
-                segments.append(window[offset:offset + min(size, valid)].cpu().numpy())
+                segments.append(windows[i, offset:offset + min(size, valid)])
                 owners.append(i)
         probs = self._forward(segments)
         owner = torch.tensor(owners, device=probs.device)
@@ -232,9 +242,7 @@ class HFClassifier:
             by_length.setdefault(len(segment), []).append(i)
         out = None
         for members in by_length.values():
-            inputs = self.feature_extractor([segments[i] for i in members], sampling_rate=self.sampling_rate,
-                                            return_tensors="pt")
-            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            inputs = self._inputs([segments[i] for i in members])
             with torch.inference_mode(), autocast(self.device, self.precision):
                 logits = self.model(**inputs).logits.float()
             probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
@@ -242,6 +250,23 @@ class HFClassifier:
                 out = probs.new_empty(len(segments), probs.shape[1])
             out[members] = probs
         return out
+
+    def _inputs(self, segments: list) -> dict:
+        """Model inputs for equal-length segments. Raw-waveform extractors (wav2vec2, HuBERT) only
+        normalise each segment, which is done here in torch on the model's device, as the extractor does
+        it (zero mean, unit variance, eps 1e-7); other extractors (log-mel, fbank) run as shipped."""
+        import torch
+
+        fe = self.feature_extractor
+        if self.raw_waveform:
+            batch = torch.stack(segments).to(self.device, non_blocking=True).float()
+            if fe.do_normalize:
+                mean = batch.mean(dim=1, keepdim=True)
+                var = batch.var(dim=1, keepdim=True, unbiased=False)
+                batch = (batch - mean) / torch.sqrt(var + 1e-7)
+            return {"input_values": batch}
+        inputs = fe([s.cpu().numpy() for s in segments], sampling_rate=self.sampling_rate, return_tensors="pt")
+        return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
 
 
 def _from_pretrained(name: str, **kwargs):

@@ -54,3 +54,15 @@ def test_rows_map_back_to_their_windows():
     assert out[2][1].flatten().tolist() == [200]
     assert out[3][1].flatten().tolist() == [300, 301, 302, 303, 304]
     assert calls == [4, 4, 1]  # fixed-size batches; only the last is smaller
+
+
+def test_waveform_fast_path_equals_the_feature_extractor(decoded_library, tiny_wav2vec2):
+    """wav2vec2 inputs are normalised in torch; the result must equal the shipped extractor's."""
+    classifier = load_classifier(str(tiny_wav2vec2), device="cpu", precision="fp32")
+    assert classifier.raw_waveform
+    windows = torch.stack([d.windows[0] for d in decoded_library[:3]])
+    lengths = torch.stack([d.lengths[0] for d in decoded_library[:3]])
+    fast = classifier.predict(windows, lengths)
+    classifier.raw_waveform = False
+    slow = classifier.predict(windows, lengths)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
