@@ -74,8 +74,7 @@ def scan(path, as_json, **options):
     view = ScanView(settings, as_json=as_json)
     try:
         with view:
-            summary = tag_folder(path, settings, on_result=view.result, on_discovered=view.discovered,
-                                 on_track_start=view.started)
+            summary = tag_folder(path, settings, on_result=view.result, on_discovered=view.discovered)
     except KeyboardInterrupt:
         view.interrupted()
         sys.exit(EXIT_INTERRUPTED)

@@ -36,7 +36,7 @@ def decode_track(track: Track, sample_rate: int, max_windows: int,
     from torchcodec.decoders import AudioDecoder
 
     try:
-        decoder = AudioDecoder(track.path, sample_rate=sample_rate, num_channels=1)
+        decoder = AudioDecoder(_source(track.path), sample_rate=sample_rate, num_channels=1)
         meta = decoder.metadata
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError with FFmpeg's words
         raise UnreadableFile(track.path, _one_line(exc, "cannot open audio")) from None
@@ -60,6 +60,16 @@ def decode_track(track: Track, sample_rate: int, max_windows: int,
         kept = list(zip(starts, _slices(audio, starts, sample_rate, window)))
     windows, lengths = _stack([clip for _, clip in kept], window_samples)
     return DecodedTrack(track, windows, lengths, [s for s, _ in kept], duration, meta.codec)
+
+
+def _source(path: str):
+    """The path itself, or an open file where the name is not valid UTF-8 (torchcodec takes only
+    UTF-8 paths, while Linux file names are bytes)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return open(path, "rb")  # closed with the decoder, when it is garbage-collected
 
 
 def _decode_range(decoder, track: Track, start: float, stop: float):

@@ -5,6 +5,7 @@ users who want genres for files or arrays without an index.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
@@ -52,7 +53,6 @@ def default_batch_size(device) -> int:
 
 def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(), *, classifier=None,
                on_result: Callable[[TrackResult], None] | None = None,
-               on_track_start: Callable[[Track], None] | None = None,
                on_discovered: Callable[[int], None] | None = None,
                keep_results: bool = False) -> ScanSummary:
     """Scan ``root``: predict every new or changed track, record it in the index and, with
@@ -75,9 +75,9 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
             tracks = list(discover(root, on_error=scan.discovery_failed))
             if on_discovered:
                 on_discovered(len(tracks))
-            scan.run(tracks, on_track_start)
+            scan.run(tracks)
             if scan.requeue:
-                scan.run(list(scan.requeue), on_track_start, requeued=True)
+                scan.run(list(scan.requeue), requeued=True)
         except KeyboardInterrupt:
             summary.interrupted = True
             raise
@@ -105,10 +105,8 @@ class _Scan:
         self.requeue: list[Track] = []
 
     # -- stages ---------------------------------------------------------------------------------------
-    def run(self, tracks: Iterable[Track], on_track_start, requeued: bool = False) -> None:
+    def run(self, tracks: Iterable[Track], requeued: bool = False) -> None:
         todo = (t for t in tracks if not self._served_from_cache(t, requeued))
-        if on_track_start:
-            todo = _tap(todo, on_track_start)
         decoded = _bounded_map(self._decode, todo, self.settings.workers)
         for item, probs in predict_in_batches(decoded, self.classifier.predict, self.batch_size):
             self._finish(self._result(item, probs))
@@ -139,8 +137,6 @@ class _Scan:
         self.summary.skipped += 1
         if (self.settings.write_tags and not self.settings.dry_run and row["status"] == OK
                 and not row["written"]):
-            import json
-
             result = TrackResult(track.path, OK, labels=json.loads(row["labels"]),
                                  scores=json.loads(row["scores"]), size=track.size, mtime_ns=track.mtime_ns)
             self._write(result)
@@ -161,10 +157,14 @@ class _Scan:
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
                 expected=(result.size, result.mtime_ns))
         except FileChanged:
-            self.summary.requeued += 1
-            st = os.stat(result.path)
-            self.requeue.append(Track(result.path, st.st_size, st.st_mtime_ns))
             result.status, result.error = SKIPPED, "changed on disk before the write; predicted again"
+            try:
+                st = os.stat(result.path)
+            except OSError as exc:  # changed by being deleted or moved away
+                result.status, result.error = FAILED, f"vanished before the write ({exc.strerror})"
+                return
+            self.summary.requeued += 1
+            self.requeue.append(Track(result.path, st.st_size, st.st_mtime_ns))
             return
         except GenretagError as err:
             result.status, result.error = FAILED, getattr(err, "reason", str(err))
@@ -227,12 +227,6 @@ def _read_tags(path: str) -> dict | None:
         return tags.read_tags_summary(path)
     except GenretagError:
         return None
-
-
-def _tap(items: Iterable, callback: Callable) -> Iterator:
-    for item in items:
-        callback(item)
-        yield item
 
 
 def _bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:

@@ -41,9 +41,6 @@ class ScanView:
     def discovered(self, total: int) -> None:
         self.progress.update(self.task, total=total)
 
-    def started(self, track) -> None:
-        pass
-
     def result(self, result) -> None:
         self.progress.advance(self.task)
         speed = self.progress.tasks[0].speed

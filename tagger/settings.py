@@ -6,7 +6,7 @@ too, so ``genretag scan`` and ``tag_folder()`` can never drift apart.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 WINDOW_SECONDS = 30.0
@@ -69,10 +69,6 @@ class ScanSettings:
     keep_mtime: bool = _opt(False, "Keep each file's modification time when writing tags.")
     verify: bool = _opt(False, "Check that the decoded audio is unchanged after each tag write.")
     separator: str = _opt("; ", "Joins several genres in formats without multi-value fields (ID3v2.3).")
-
-    def with_(self, **changes) -> "ScanSettings":
-        """A copy with some fields changed; ``None`` values keep the current one."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @classmethod
     def help_for(cls, name: str) -> str:

@@ -189,3 +189,29 @@ def test_help_is_fast_and_lists_the_options():
         assert option in proc.stdout
     code = "import sys, tagger.cli; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_file_changed_before_its_write_is_not_written_but_predicted_again(library, tmp_path, tiny_wav2vec2):
+    """The file is touched while its windows are being classified: the write must not use the stale
+    prediction; the track is re-queued, predicted again and then written."""
+    classifier = load_classifier(str(tiny_wav2vec2))
+    target = sorted(p for p in library.rglob("*") if p.is_file())[0]
+    original_predict = classifier.predict
+    calls = []
+
+    def predict_and_touch(windows, lengths):
+        if not calls:
+            st = target.stat()
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+        calls.append(windows.shape[0])
+        return original_predict(windows, lengths)
+
+    classifier.predict = predict_and_touch
+    summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True, batch_size=1),
+                         classifier=classifier, keep_results=True)
+    assert summary.requeued == 1
+    assert summary.written == TRACKS
+    skipped = [r for r in summary.results if r.status == "skipped"]
+    assert [r.path for r in skipped] == [str(target)] and "changed on disk" in skipped[0].error
+    final = [r for r in summary.results if r.path == str(target) and r.written]
+    assert len(final) == 1 and mutagen_genres(target) == final[0].labels

@@ -1,0 +1,65 @@
+"""Rescan speed: a library whose every track is already indexed and unchanged.
+
+    python bench/rescan_bench.py --tracks 100000
+
+Makes a tree of small files, fills the index with a prediction for each (same size and mtime, the
+model's fingerprint), then times ``tag_folder`` — which must skip them all — in-process, and the whole
+``genretag scan`` command (imports and model load included) as a subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tracks", type=int, default=100_000)
+    args = p.parse_args()
+    from tagger import ScanSettings, tag_folder
+    from tagger.index import Index
+    from tagger.infer import load_classifier
+    from tagger.records import OK, TrackResult
+    from tests.models import make_tiny_wav2vec2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = str(make_tiny_wav2vec2(tmp / "model"))
+        classifier = load_classifier(model, "cpu", "fp32")
+        started = time.perf_counter()
+        results = []
+        for i in range(args.tracks):
+            path = tmp / "lib" / f"artist{i // 1000:03d}" / f"album{i // 100 % 10}" / f"{i:06d}.mp3"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\xff\xfb" + i.to_bytes(4, "little"))
+            st = path.stat()
+            results.append(TrackResult(str(path), OK, labels=["pop"], scores=[0.9], windows=3,
+                                       size=st.st_size, mtime_ns=st.st_mtime_ns))
+        db = tmp / "index.db"
+        with Index(db) as index:
+            run = index.start_run("scan")
+            for start in range(0, len(results), 5000):
+                index.record_results(results[start:start + 5000], model, classifier.fingerprint, run)
+        print(f"setup: {args.tracks} files and index rows in {time.perf_counter() - started:.1f} s")
+        settings = ScanSettings(model=model, db=str(db))
+        started = time.perf_counter()
+        summary = tag_folder(tmp / "lib", settings, classifier=classifier)
+        lib_s = time.perf_counter() - started
+        assert summary.skipped == args.tracks and summary.scanned == 0, summary.counts()
+        started = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).with_name("genretag")), "scan", str(tmp / "lib"),
+                        "--model", model, "--db", str(db)], check=True, capture_output=True)
+        cli_s = time.perf_counter() - started
+        print(f"rescan of {args.tracks} unchanged tracks: tag_folder {lib_s:.1f} s "
+              f"({args.tracks / lib_s:.0f} tracks/s); `genretag scan` subprocess {cli_s:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
