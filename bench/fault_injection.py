@@ -88,14 +88,20 @@ def scan_cmd(lib: Path, model: Path, db: Path, *extra: str) -> list[str]:
             "--db", str(db), "--device", "cpu", *extra]
 
 
-def run_scan(cmd, delay: float | None = None, sig=signal.SIGKILL, out: Path | None = None):
+def run_scan(cmd, delay: float | None = None, sig=signal.SIGKILL, out: Path | None = None,
+             wait_db: Path | None = None):
     """Run ``cmd``; if ``delay`` is given, send ``sig`` after that many seconds (if still running).
+    With ``wait_db``, the delay counts from the first new tag_writes row in that index.
     Returns (returncode, killed, stdout+stderr text)."""
     out = out or Path(tempfile.mktemp(suffix=".log"))
     with open(out, "wb") as fh:
         env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         killed = False
+        if wait_db is not None:
+            base = _count_writes(wait_db)
+            while proc.poll() is None and _count_writes(wait_db) <= base:
+                time.sleep(0.05)
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -103,6 +109,13 @@ def run_scan(cmd, delay: float | None = None, sig=signal.SIGKILL, out: Path | No
             killed = True
             proc.wait()
     return proc.returncode, killed, out.read_text(errors="replace")
+
+
+def _count_writes(db: Path) -> int:
+    try:
+        return db_rows(db, "select count(*) from tag_writes")[0][0]
+    except sqlite3.Error:
+        return 0
 
 
 def db_rows(db: Path, sql: str, args=()) -> list:
@@ -125,7 +138,8 @@ class Checker:
         self.undecodable: set[str] = set()
         self.unjournaled: set[str] = set()
         self.db_failures = 0
-        self.stale_temps_seen = 0
+        self.stale_temps_seen = 0  # distinct temp files (they are left in place for later scans)
+        self.temps_seen: set[str] = set()
         self.temp_violations = 0
         self.problems: list[str] = []
 
@@ -137,8 +151,10 @@ class Checker:
         """All per-file invariants; returns counts for this check."""
         # temps
         temps = [p for p in lib.rglob("*") if p.is_file() and is_temp_name(p.name)]
-        self.stale_temps_seen += len(temps)
-        for t in temps:
+        new_temps = [t for t in temps if str(t) not in self.temps_seen]
+        self.temps_seen.update(str(t) for t in temps)
+        self.stale_temps_seen += len(new_temps)
+        for t in new_temps:
             self.checks += 1
             ext = t.name.rpartition(".")[2].lower()
             if ext in AUDIO_EXTENSIONS or not TEMP_RE.match(t.name):
@@ -248,6 +264,8 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--min-delay", type=float, default=4.0)
+    ap.add_argument("--max-delay", type=float, default=None,
+                    help="Cap on kill delays (default: the measured duration of one full scan).")
     ap.add_argument("--keep", help="Work in this folder and keep it (default: a temp dir, removed).")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -298,19 +316,22 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
     redone_predictions, double_writes = [], []
     rerun_stats = []
 
-    def one_run(delay, sig=signal.SIGKILL):
+    def one_run(delay, sig=signal.SIGKILL, wait_for_write=False, cmd=None):
         before_stamps = prediction_stamps(db)
-        rc, killed, text = run_scan(scan_cmd(lib, model, db), delay, sig, work / "last.log")
+        done_before = set(before_stamps) | set(writes_per_path(db))  # predicted, or tagged + journaled
+        rc, killed, text = run_scan(cmd or scan_cmd(lib, model, db), delay, sig, work / "last.log",
+                                    wait_db=db if wait_for_write else None)
         after_stamps = prediction_stamps(db)
-        # a track whose ok prediction existed before and was computed again: redone work
-        redone = [p for p, c in before_stamps.items() if p in after_stamps and after_stamps[p] != c]
-        new = [p for p in after_stamps if p not in before_stamps]
-        rerun_stats.append({"already_done": len(before_stamps), "predicted": len(new), "redone": len(redone)})
+        predicted = {p for p, c in after_stamps.items() if before_stamps.get(p) != c}
+        redone = sorted(predicted & done_before)
+        rerun_stats.append({"already_done": len(done_before), "predicted": len(predicted), "redone": len(redone)})
         if redone:
             redone_predictions.extend(redone)
-            checker.problem(f"run redid {len(redone)} finished prediction(s), e.g. {redone[0]}")
-        if len(before_stamps) + len(new) > len(original):
-            checker.problem("already-done + predicted-in-run exceeds the number of files")
+            checker.problem(f"run re-predicted {len(redone)} file(s) already predicted or tagged+journaled "
+                            f"by an earlier run, e.g. {redone[0]}")
+        if len(done_before) + len(predicted) > len(original):
+            checker.problem(f"already-done {len(done_before)} + predicted-in-run {len(predicted)} > "
+                            f"{len(original)} files")
         for path, runs in writes_per_path(db).items():
             if len(runs) > 1 and path not in double_writes:
                 double_writes.append(path)
@@ -335,7 +356,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
         log(f"{where}: undid {len(runs)} run(s); files not back to original: {len(left)}")
 
     # kills
-    max_delay = max(args.min_delay + 1, full_run)
+    max_delay = max(args.min_delay + 1, min(full_run, args.max_delay or full_run))
     while kills < args.kills:
         delay = rng.uniform(args.min_delay, max_delay)
         writes_before = db_rows(db, "select count(*) from tag_writes")[0][0] if db.exists() else 0
@@ -355,7 +376,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
             log(f"run finished before its kill ({delay:.1f} s), rc {rc}; undoing everything for a new epoch")
             undo_all(f"epoch {epochs}")
             epochs += 1
-        # remove stale temps as a user would, after checking they are not scanned as audio
+        # stale temps stay in place: no later scan may index (or tag) them
         for t in [p for p in lib.rglob("*") if p.is_file() and is_temp_name(p.name)]:
             try:
                 rows = db_rows(db, "select count(*) from tracks where path = ?", [str(t)])[0][0]
@@ -374,8 +395,8 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
 
     # SIGINT: undo to have work to do, then interrupt mid-scan
     undo_all("before SIGINT")
-    sigint_delay = rng.uniform(args.min_delay + 1, max(args.min_delay + 2, full_run * 0.6))
-    rc, killed, text = one_run(sigint_delay, signal.SIGINT)
+    sigint_delay = rng.uniform(0.2, 1.5)  # after the first tag write of the run: surely mid-scan
+    rc, killed, text = one_run(sigint_delay, signal.SIGINT, wait_for_write=True)
     res = checker.check_library(lib, db, "SIGINT")
     sigint_ok = killed and rc == 130 and "Interrupted" in text
     interrupted_flag = db_rows(db, "select interrupted from runs where command = 'scan' order by id desc limit 1")
@@ -386,7 +407,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
                         f"{'Interrupted' in text}; tail: {text[-400:]!r}")
     if killed and interrupted_flag != [(1,)]:
         checker.problem(f"SIGINT run not recorded as interrupted in runs: {interrupted_flag}")
-    log(f"SIGINT after {sigint_delay:.1f} s: rc {rc}, summary printed {'Interrupted' in text}, "
+    log(f"SIGINT {sigint_delay:.1f} s after the first write: rc {rc}, summary printed {'Interrupted' in text}, "
         f"files tagged {res['changed']}")
     rc, _, text = one_run(None)
     res2 = checker.check_library(lib, db, "rerun after SIGINT")
@@ -394,6 +415,19 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
         checker.problem(f"rerun after SIGINT exited {rc}: {text[-500:]}")
     sigint_rerun = rerun_stats[-1]
     log(f"rerun after SIGINT: rc {rc}, {sigint_rerun}, files tagged {res2['changed']}")
+
+    # targeted: SIGKILL exactly between a file's os.replace and the commit of its tag_writes row
+    undo_all("before targeted kill")
+    hook = ("import os, signal, sys, tagger.index as ix\n"
+            "ix.Index.record_tag_write = lambda self, run_id, change: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "from tagger.cli import cli\n"
+            "sys.argv = ['genretag'] + sys.argv[1:]\ncli()\n")
+    targeted_cmd = [sys.executable, "-c", hook] + scan_cmd(lib, model, db)[1:]
+    rc, killed, text = one_run(None, cmd=targeted_cmd)
+    journal_before = checker.unjournaled.copy()
+    tres = checker.check_library(lib, db, "targeted kill after os.replace, before journal commit")
+    targeted_unjournaled = sorted(checker.unjournaled - journal_before)
+    log(f"targeted kill: rc {rc}, files tagged {tres['changed']}, unjournaled {len(targeted_unjournaled)}")
 
     # final: complete scan, every file tagged, then undo everything
     rc, _, text = one_run(None)
@@ -434,6 +468,8 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
           f" rerun {sigint_rerun}")
     print(f"final scan + undo             tagged {final['changed']}, back to original after undo: "
           f"{len(original) - sum(1 for p in original if read_genres(p) != original[p]['genres'])}/{len(original)}")
+    print(f"targeted kill after os.replace, before the journal commit: "
+          f"unjournaled tag changes {len(targeted_unjournaled)} {targeted_unjournaled[:1]}")
     print(f"violations                    {len(checker.problems)}")
     print(f"total runtime                 {total:.0f} s")
     return 1 if checker.problems else 0

@@ -143,7 +143,7 @@ def _without_parametrizations(classifier):
     model = getattr(classifier, "model", None)
     if model is not None:
         clone.model = copy.deepcopy(model).cpu()
-        clone.device = clone.model.device
+        clone.device = next(clone.model.parameters()).device
         for module in clone.model.modules():
             if P.is_parametrized(module):
                 for name in list(module.parametrizations):
