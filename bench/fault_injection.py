@@ -316,7 +316,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
     redone_predictions, double_writes = [], []
     rerun_stats = []
 
-    def one_run(delay, sig=signal.SIGKILL, wait_for_write=False, cmd=None):
+    def one_run(delay, sig=signal.SIGKILL, wait_for_write=False, cmd=None, rescan=False):
         before_stamps = prediction_stamps(db)
         done_before = set(before_stamps) | set(writes_per_path(db))  # predicted, or tagged + journaled
         rc, killed, text = run_scan(cmd or scan_cmd(lib, model, db), delay, sig, work / "last.log",
@@ -325,11 +325,13 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
         predicted = {p for p, c in after_stamps.items() if before_stamps.get(p) != c}
         redone = sorted(predicted & done_before)
         rerun_stats.append({"already_done": len(done_before), "predicted": len(predicted), "redone": len(redone)})
-        if redone:
+        if rescan:
+            pass  # --rescan predicts everything again on purpose
+        elif redone:
             redone_predictions.extend(redone)
             checker.problem(f"run re-predicted {len(redone)} file(s) already predicted or tagged+journaled "
                             f"by an earlier run, e.g. {redone[0]}")
-        if len(done_before) + len(predicted) > len(original):
+        if not rescan and len(done_before) + len(predicted) > len(original):
             checker.problem(f"already-done {len(done_before)} + predicted-in-run {len(predicted)} > "
                             f"{len(original)} files")
         for path, runs in writes_per_path(db).items():
@@ -393,10 +395,12 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
         checker.problem(f"rerun after kills exited {rc}: {text[-500:]}")
     log(f"rerun after the kills: rc {rc}, {rerun_stats[-1]}")
 
-    # SIGINT: undo to have work to do, then interrupt mid-scan
+    # SIGINT: undo to have work to do, then interrupt mid-scan. --rescan makes the run predict again
+    # (tagging from the cache takes < 1 s for the whole library, too short to interrupt reliably)
     undo_all("before SIGINT")
     sigint_delay = rng.uniform(0.2, 1.5)  # after the first tag write of the run: surely mid-scan
-    rc, killed, text = one_run(sigint_delay, signal.SIGINT, wait_for_write=True)
+    rc, killed, text = one_run(sigint_delay, signal.SIGINT, wait_for_write=True,
+                               cmd=scan_cmd(lib, model, db, "--rescan"), rescan=True)
     res = checker.check_library(lib, db, "SIGINT")
     sigint_ok = killed and rc == 130 and "Interrupted" in text
     interrupted_flag = db_rows(db, "select interrupted from runs where command = 'scan' order by id desc limit 1")
@@ -416,10 +420,10 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
     sigint_rerun = rerun_stats[-1]
     log(f"rerun after SIGINT: rc {rc}, {sigint_rerun}, files tagged {res2['changed']}")
 
-    # targeted: SIGKILL exactly between a file's os.replace and the commit of its tag_writes row
+    # targeted: SIGKILL exactly between a file's os.replace and the completion of its tag_writes row
     undo_all("before targeted kill")
     hook = ("import os, signal, sys, tagger.index as ix\n"
-            "ix.Index.record_tag_write = lambda self, run_id, change: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "ix.Index.complete_tag_write = lambda self, write_id, change: os.kill(os.getpid(), signal.SIGKILL)\n"
             "from tagger.cli import cli\n"
             "sys.argv = ['genretag'] + sys.argv[1:]\ncli()\n")
     targeted_cmd = [sys.executable, "-c", hook] + scan_cmd(lib, model, db)[1:]

@@ -157,14 +157,31 @@ class Index:
                 "values (?, ?, ?, ?, ?) on conflict(fingerprint) do update set last_seen = excluded.last_seen, "
                 "model_id = excluded.model_id", [fingerprint, model_id, json.dumps(labels), stamp, stamp])
 
-    def record_tag_write(self, run_id: int, change) -> None:
-        """Journal one tag write (a :class:`tagger.tags.TagChange`) so that it can be undone."""
+    def journal_intent(self, run_id: int, path: str, before: dict, old_genres: list[str],
+                       new_genres: list[str]) -> int:
+        """Journal a tag write *before* it happens (write-ahead), so that a crash between the file's
+        replacement and the journal's commit still leaves the previous tags undoable. Until
+        :meth:`complete_tag_write` runs, ``written_at`` is NULL; ``undo`` restores such a row too, which
+        changes nothing if the write never reached the file."""
         with self._tx():
-            self.db["tag_writes"].insert({
-                "run_id": run_id, "path": path_key(change.path), "raw_path": os.fsencode(change.path),
+            return self.db["tag_writes"].insert({
+                "run_id": run_id, "path": path_key(path), "raw_path": os.fsencode(path),
+                "before": json.dumps(before), "after": None, "old_genres": json.dumps(old_genres),
+                "new_genres": json.dumps(new_genres), "written_at": None, "undone_at": None,
+                "undo_run_id": None}).last_pk
+
+    def complete_tag_write(self, write_id: int, change) -> None:
+        """The write (a :class:`tagger.tags.TagChange`) reached the file."""
+        with self._tx():
+            self.db["tag_writes"].update(write_id, {
                 "before": json.dumps(change.before), "after": json.dumps(change.after),
                 "old_genres": json.dumps(change.old_genres), "new_genres": json.dumps(change.new_genres),
-                "written_at": now(), "undone_at": None, "undo_run_id": None})
+                "written_at": now()})
+
+    def discard_tag_write(self, write_id: int) -> None:
+        """The write did not happen (nothing to change, or it failed and left the file as it was)."""
+        with self._tx():
+            self.db["tag_writes"].delete(write_id)
 
     def mark_written(self, path: str, fingerprint: str, size: int, mtime_ns: int, genres: list[str]) -> None:
         """After a tag write the file has a new stat: remember it, so the next scan sees it unchanged."""

@@ -151,12 +151,36 @@ class _Scan:
         if self.settings.provenance:
             provenance = (f"model={self.classifier.model_id};fp={self.classifier.fingerprint};"
                           f"score={result.scores[0]:.4f};labels={','.join(result.labels)}")
+        journal_id = None
         try:
+            journal_id = self.index.journal_intent(self.summary.run_id, result.path,
+                                                   tags.snapshot_genres(result.path),
+                                                   tags.read_genres(result.path), result.labels)
             change = tags.write_genres(
                 result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
                 expected=(result.size, result.mtime_ns))
-        except FileChanged:
+        except GenretagError as err:
+            if journal_id is not None:
+                self.index.discard_tag_write(journal_id)
+            self._write_failed(result, err)
+            return
+        if result.tags is not None:  # the index keeps what the file holds now, not what it held
+            result.tags["genres"] = list(change.new_genres)
+        if not change.written:
+            self.index.discard_tag_write(journal_id)
+        else:
+            self.index.complete_tag_write(journal_id, change)
+            st = os.stat(result.path)
+            result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
+            result.written = True
+            self.summary.written += 1
+        self.index.mark_written(result.path, self.classifier.fingerprint, result.size, result.mtime_ns,
+                                change.new_genres)
+
+    def _write_failed(self, result: TrackResult, err: GenretagError) -> None:
+        """A changed file is predicted again (re-queued); any other write error fails the track."""
+        if isinstance(err, FileChanged):
             result.status, result.error = SKIPPED, "changed on disk before the write; predicted again"
             try:
                 st = os.stat(result.path)
@@ -165,20 +189,8 @@ class _Scan:
                 return
             self.summary.requeued += 1
             self.requeue.append(Track(result.path, st.st_size, st.st_mtime_ns))
-            return
-        except GenretagError as err:
+        else:
             result.status, result.error = FAILED, getattr(err, "reason", str(err))
-            return
-        if result.tags is not None:  # the index keeps what the file holds now, not what it held
-            result.tags["genres"] = list(change.new_genres)
-        if change.written:
-            self.index.record_tag_write(self.summary.run_id, change)
-            st = os.stat(result.path)
-            result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
-            result.written = True
-            self.summary.written += 1
-        self.index.mark_written(result.path, self.classifier.fingerprint, result.size, result.mtime_ns,
-                                change.new_genres)
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def discovery_failed(self, err: FileError) -> None:
@@ -194,7 +206,10 @@ class _Scan:
         if self.keep_results:
             self.summary.results.append(result)
         self.on_result(result)
-        if len(self.pending) >= INDEX_FLUSH_RESULTS or time.monotonic() - self.last_flush > INDEX_FLUSH_SECONDS:
+        # A written file has a new stat: its prediction is committed at once, or a crash would make the
+        # next scan see a changed file and predict (and maybe write) it again.
+        if (result.written or len(self.pending) >= INDEX_FLUSH_RESULTS
+                or time.monotonic() - self.last_flush > INDEX_FLUSH_SECONDS):
             self.flush()
 
     def flush(self) -> None:

@@ -150,7 +150,8 @@ WRITER = textwrap.dedent("""
             if i % 30 == 0:
                 change = SimpleNamespace(path=batch[0].path, before={}, after={}, old_genres=[],
                                          new_genres=["a"])
-                index.record_tag_write(run, change)
+                write_id = index.journal_intent(run, change.path, {}, [], ["a"])
+                index.complete_tag_write(write_id, change)
         index.finish_run(run, scanned=count)
 """)
 

@@ -215,3 +215,29 @@ def test_a_file_changed_before_its_write_is_not_written_but_predicted_again(libr
     assert [r.path for r in skipped] == [str(target)] and "changed on disk" in skipped[0].error
     final = [r for r in summary.results if r.path == str(target) and r.written]
     assert len(final) == 1 and mutagen_genres(target) == final[0].labels
+
+
+def test_the_undo_journal_is_written_before_the_file(library, tmp_path, tiny_wav2vec2, monkeypatch):
+    """A crash right after a file was replaced, before the journal entry is completed, must still leave
+    the previous genres undoable: the entry is written ahead of the file."""
+    import tagger.index
+
+    target = next(library.rglob("*.flac"))
+    audio = mutagen.File(target)
+    audio["genre"] = ["Shoegaze"]
+    audio.save()
+
+    class Crash(BaseException):
+        pass
+
+    def crash(self, write_id, change):
+        raise Crash  # stands for SIGKILL between os.replace and the journal's completion
+
+    monkeypatch.setattr(tagger.index.Index, "complete_tag_write", crash)
+    with pytest.raises(Crash):
+        tag_folder(target.parent, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    assert mutagen_genres(target) != ["Shoegaze"]  # the file was written, the journal not completed
+    monkeypatch.undo()
+    out = CliRunner().invoke(cli, ["undo", "--db", str(tmp_path / "index.db")], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert mutagen_genres(target) == ["Shoegaze"]
