@@ -12,6 +12,7 @@ track and 3 windows that is 37.5–67.5 s, 105–135 s and 172.5–202.5 s.
 from __future__ import annotations
 
 import os
+import re
 
 from .errors import UnreadableFile
 from .records import DecodedTrack, Track
@@ -39,27 +40,60 @@ def decode_track(track: Track, sample_rate: int, max_windows: int,
         decoder = AudioDecoder(_source(track.path), sample_rate=sample_rate, num_channels=1)
         meta = decoder.metadata
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError with FFmpeg's words
-        raise UnreadableFile(track.path, _one_line(exc, "cannot open audio")) from None
-    header_duration = meta.duration_seconds
-    window_samples = int(round(window * sample_rate))
-    if header_duration and header_duration > 0:
-        starts = plan_windows(header_duration, max_windows, window)
-        clips = [_decode_range(decoder, track, s, s + window) for s in starts]
-        kept = [(s, c) for s, c in zip(starts, clips) if c.numel() >= MIN_DECODED_SECONDS * sample_rate]
-    else:
-        kept = []
-    duration = header_duration or 0.0
+        return _decode_from_start(track, None, sample_rate, max_windows, window,
+                                  _one_line(exc, "cannot open audio"))
+    duration = meta.duration_seconds
+    if not duration or duration <= 0:
+        return _decode_from_start(track, decoder, sample_rate, max_windows, window, None, meta.codec)
+    starts = plan_windows(duration, max_windows, window)
+    clips = [_decode_range(decoder, track, s, s + window, tolerant=True) for s in starts]
+    kept = [(s, c) for s, c in zip(starts, clips) if c.numel() >= MIN_DECODED_SECONDS * sample_rate]
     if not kept:
-        # No or wrong header duration (truncated downloads, empty containers): decode from the start
-        # and place the windows over what really decodes.
-        audio = _decode_range(decoder, track, 0.0, UNKNOWN_DURATION_SECONDS)
-        duration = audio.numel() / sample_rate
-        if audio.numel() < MIN_DECODED_SECONDS * sample_rate:
-            raise UnreadableFile(track.path, f"no decodable audio ({duration:.2f} s decoded)")
-        starts = plan_windows(duration, max_windows, window)
-        kept = list(zip(starts, _slices(audio, starts, sample_rate, window)))
-    windows, lengths = _stack([clip for _, clip in kept], window_samples)
+        return _decode_from_start(track, decoder, sample_rate, max_windows, window, None, meta.codec)
+    windows, lengths = _stack([clip for _, clip in kept], int(round(window * sample_rate)))
     return DecodedTrack(track, windows, lengths, [s for s, _ in kept], duration, meta.codec)
+
+
+def _decode_from_start(track: Track, decoder, sample_rate: int, max_windows: int, window: float,
+                       error: str | None, codec: str | None = None) -> DecodedTrack:
+    """No, or a wrong, header duration (truncated downloads, empty containers), or a file torchcodec
+    cannot open or seek in: decode from the start — with torchcodec, then with pydub (FFmpeg's own
+    command-line decoder, which gets through some damaged streams) — and place the windows over what
+    really decodes."""
+    import torch
+
+    audio = torch.zeros(0)
+    if decoder is not None:
+        try:
+            audio = decoder.get_samples_played_in_range(0.0, UNKNOWN_DURATION_SECONDS).data[0]
+        except Exception as exc:
+            error = _one_line(exc, "decoding failed")
+    if audio.numel() < MIN_DECODED_SECONDS * sample_rate:
+        audio = max(audio, _decode_with_pydub(track.path, sample_rate), key=lambda a: a.numel())
+    duration = audio.numel() / sample_rate
+    if audio.numel() < MIN_DECODED_SECONDS * sample_rate:
+        raise UnreadableFile(track.path, error if error and not audio.numel() else
+                             f"no decodable audio ({duration:.2f} s decoded)")
+    starts = plan_windows(duration, max_windows, window)
+    windows, lengths = _stack(_slices(audio, starts, sample_rate, window), int(round(window * sample_rate)))
+    return DecodedTrack(track, windows, lengths, starts, duration, codec)
+
+
+def _decode_with_pydub(path: str, sample_rate: int):
+    """Mono float samples at ``sample_rate`` decoded by the ``ffmpeg`` program, or empty on failure."""
+    import torch
+    import torchaudio.functional as AF
+    from pydub import AudioSegment
+
+    try:
+        segment = AudioSegment.from_file(path, duration=UNKNOWN_DURATION_SECONDS).set_channels(1)
+    except Exception:
+        return torch.zeros(0)
+    scale = float(1 << (8 * segment.sample_width - 1))
+    samples = torch.tensor(segment.get_array_of_samples(), dtype=torch.float32) / scale
+    if samples.numel() and segment.frame_rate != sample_rate:
+        samples = AF.resample(samples, segment.frame_rate, sample_rate)
+    return samples
 
 
 def _source(path: str):
@@ -72,10 +106,17 @@ def _source(path: str):
         return open(path, "rb")  # closed with the decoder, when it is garbage-collected
 
 
-def _decode_range(decoder, track: Track, start: float, stop: float):
+def _decode_range(decoder, track: Track, start: float, stop: float, tolerant: bool = False):
+    """Samples in ``[start, stop)``. ``tolerant``: a window that cannot be decoded (a truncated file
+    whose header promises more, a seek past the real end) is empty rather than fatal, so the caller can
+    fall back to what decodes from the start."""
+    import torch
+
     try:
         return decoder.get_samples_played_in_range(start, stop).data[0]
     except Exception as exc:
+        if tolerant:
+            return torch.zeros(0)
         raise UnreadableFile(track.path, _one_line(exc, "decoding failed")) from None
 
 
@@ -120,6 +161,10 @@ def _stack(clips: list, window_samples: int):
     return windows, lengths
 
 
+_INTERNAL_LOCATION = re.compile(r"\b\w+, /\S+\.cpp:\d+, ")  # "SingleStreamDecoder, /__w/.../x.cpp:41, "
+
+
 def _one_line(exc: Exception, prefix: str) -> str:
-    text = " ".join(str(exc).split())
+    """FFmpeg's/torchcodec's message on one line, without torchcodec's source locations."""
+    text = _INTERNAL_LOCATION.sub("", " ".join(str(exc).split()))
     return f"{prefix}: {text[:200]}" if text else prefix

@@ -47,10 +47,30 @@ FORMATS = {
     "wma": ("a.wma", {}),
     "wavpack": ("a.wv", {}),
     "ape": ("corpus:mac-399.ape", {}),    # FFmpeg has no Monkey's Audio encoder
-    "musepack": ("corpus:*.mpc", {}),      # nor a Musepack one: any .mpc the corpus may have
+    "musepack": ("a.mpc", {}),             # nor a Musepack one: made with mpcenc (musepack-tools)
 }
 ENCODER = {".mp3": "libmp3lame", ".ogg": "libvorbis", ".opus": "libopus", ".spx": "libspeex", ".wma": "wmav2",
            ".wv": "wavpack"}
+
+
+def make_musepack(out: Path, tagged: bool) -> Path:
+    """A Musepack SV8 file from mpcenc, with an APEv2 tag like the other originals when ``tagged``."""
+    import shutil
+    import subprocess
+
+    from mutagen.musepack import Musepack
+
+    if not shutil.which("mpcenc"):
+        pytest.skip("musepack: FFmpeg cannot encode it and mpcenc (Debian: musepack-tools) is not installed")
+    wav = make_audio(out.with_suffix(".wav"), seconds=1.0)
+    subprocess.run(["mpcenc", "--silent", "--overwrite", str(wav), str(out)], check=True, capture_output=True)
+    wav.unlink()
+    if tagged:
+        audio = Musepack(out)
+        audio.add_tags()
+        audio.tags.update({"Genre": "Jazz", "Title": "Tone", "Artist": "Sine", "Album": "Tests"})
+        audio.save()
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +95,8 @@ def originals(tmp_path_factory):
                 if not found:
                     pytest.skip(f"{fmt_id}: FFmpeg cannot encode it and {CORPUS} has no {name[7:]}")
                 cache[key] = found[0]
+            elif name.endswith(".mpc"):
+                cache[key] = make_musepack(root / f"{fmt_id}-{int(tagged)}" / name, tagged)
             else:
                 enc = opts.get("codec") or ENCODER.get(Path(name).suffix)
                 if enc and not have_encoder(enc):
