@@ -9,7 +9,6 @@ totals; exits non-zero if ExifTool reports anything but the written genres.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tagger import tags  # noqa: E402
 from tagger.errors import GenretagError  # noqa: E402
-from tests.audio_fixtures import have_encoder, make_audio  # noqa: E402
+from tests.audio_fixtures import make_audio  # noqa: E402
 
 FRESH = [("mp3-v23.mp3", {"id3_version": 3}), ("mp3-v24-v1.mp3", {"with_id3v1": True}), ("x.flac", {}),
          ("x.ogg", {}), ("x.opus", {}), ("x.oga", {}), ("x.spx", {}), ("x.m4a", {}),

@@ -9,7 +9,6 @@ model's fingerprint), then times ``tag_folder`` — which must skip them all —
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile

@@ -1,5 +1,4 @@
 """Window planning and decoding: which parts of a track the model sees."""
-from pathlib import Path
 
 import pytest
 
