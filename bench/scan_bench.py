@@ -202,6 +202,9 @@ def main() -> None:
                 a_files = files[: args.a_tracks or len(files)]
                 results["A"] = run_child("A", args, model, a_files)
                 results["A"]["per_track"] = results["A"]["seconds"] / len(a_files)
+        if results["C"]["precision"] != "fp32":  # while the model folder still exists
+            args.precision = "fp32"
+            results["fp32"] = run_child("C", args, model, files)
     c = results["C"]
     print(f"machine: {os.cpu_count()} CPUs, device {args.device}; model {args.model}; {len(files)} tracks, "
           f"{c['windows']} windows (max {args.max_windows}/track); C precision {c['precision']}")
@@ -221,9 +224,8 @@ def main() -> None:
     ref = peak["bfloat16"] if c["precision"] in ("bf16", "fp16") else peak["float32"]
     print(f"C model phase: {c['model_seconds']:.1f} s, {c['gflop_per_window']:.1f} GFLOP/window, "
           f"{gflops:.0f} GFLOP/s = {100 * gflops / ref:.0f}% of the {c['precision']} matmul peak")
-    if c["precision"] != "fp32":
-        args.precision = "fp32"
-        fp32 = run_child("C", args, model, files)
+    if "fp32" in results:
+        fp32 = results["fp32"]
         agree = sum(a == b for a, b in zip(fp32["top"], c["top"])) / len(files)
         print(f"top-1 agreement fp32 vs {c['precision']}: {100 * agree:.1f}% of {len(files)} tracks")
 

@@ -104,8 +104,6 @@ def load_classifier(model: str | None = None, device: str = "auto", precision: s
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     if name.startswith("builtin:"):
-        if precision == "auto" and dev.type == "cpu":
-            prec = "fp32"  # musicnn's small convolutions run slower in bf16 even on AMX CPUs
         classifier = _load_builtin(name.removeprefix("builtin:"), dev, prec)
     else:
         classifier = HFClassifier.load(name, dev, prec)

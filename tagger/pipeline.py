@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from .aggregate import choose_genres, rank_labels
 from .batching import predict_in_batches
-from .decode import decode_file, decode_track, windows_from_array
+from .decode import decode_file, windows_from_array
 from .discover import discover
+from .engine import LocalEngine, default_batch_size
 from .errors import FileChanged, FileError, GenretagError
 from .records import ABSTAINED, FAILED, OK, SKIPPED, DecodedTrack, Track, TrackResult
 from .settings import ScanSettings
@@ -46,17 +45,16 @@ class ScanSummary:
         return {k: v for k, v in asdict(self).items() if k != "results"}
 
 
-def default_batch_size(device) -> int:
-    """On CPU one window at a time is fastest per window; a GPU wants full batches."""
-    return 64 if device.type == "cuda" else 1
-
-
 def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(), *, classifier=None,
                on_result: Callable[[TrackResult], None] | None = None,
                on_discovered: Callable[[int], None] | None = None,
-               keep_results: bool = False) -> ScanSummary:
+               keep_results: bool = False, engine=None) -> ScanSummary:
     """Scan ``root``: predict every new or changed track, record it in the index and, with
-    ``settings.write_tags``, write its genres. Returns the counts; ``on_result`` sees each track."""
+    ``settings.write_tags``, write its genres. Returns the counts; ``on_result`` sees each track.
+
+    ``engine`` decides where decoding and inference run (see :mod:`tagger.engine`); by default
+    :class:`~tagger.engine.LocalEngine` in this process. Discovery, the index and tag writing always
+    stay here."""
     from .index import Index
     from .infer import load_classifier
 
@@ -70,7 +68,8 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
         summary.run_id = index.start_run(
             "scan", root=os.path.abspath(root), model_id=classifier.model_id,
             fingerprint=classifier.fingerprint, options={k: v for k, v in asdict(settings).items()})
-        scan = _Scan(index, classifier, settings, summary, on_result, keep_results)
+        engine = engine or LocalEngine(classifier, settings)
+        scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results)
         try:
             tracks = list(discover(root, on_error=scan.discovery_failed))
             if on_discovered:
@@ -92,14 +91,14 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
 class _Scan:
     """State of one scan: the buffered index rows, the counters and the per-track decisions."""
 
-    def __init__(self, index, classifier, settings: ScanSettings, summary: ScanSummary, on_result,
+    def __init__(self, index, classifier, engine, settings: ScanSettings, summary: ScanSummary, on_result,
                  keep_results: bool):
         self.index, self.classifier, self.settings, self.summary = index, classifier, settings, summary
+        self.engine = engine
         self.on_result = on_result or (lambda result: None)
         self.keep_results = keep_results
         self.min_confidence = (settings.min_confidence if settings.min_confidence is not None
                                else classifier.default_min_confidence)
-        self.batch_size = settings.batch_size or default_batch_size(classifier.device)
         self.pending: list[TrackResult] = []
         self.last_flush = time.monotonic()
         self.requeue: list[Track] = []
@@ -107,15 +106,8 @@ class _Scan:
     # -- stages ---------------------------------------------------------------------------------------
     def run(self, tracks: Iterable[Track], requeued: bool = False) -> None:
         todo = (t for t in tracks if not self._served_from_cache(t, requeued))
-        decoded = _bounded_map(self._decode, todo, self.settings.workers)
-        for item, probs in predict_in_batches(decoded, self.classifier.predict, self.batch_size):
+        for item, probs in self.engine.predictions(todo):
             self._finish(self._result(item, probs))
-
-    def _decode(self, track: Track):
-        try:
-            return decode_track(track, self.classifier.sampling_rate, self.settings.max_windows)
-        except FileError as err:
-            return TrackResult(track.path, FAILED, error=err.reason, size=track.size, mtime_ns=track.mtime_ns)
 
     def _result(self, item, probs) -> TrackResult:
         if probs is None:
@@ -242,22 +234,6 @@ def _read_tags(path: str) -> dict | None:
         return tags.read_tags_summary(path)
     except GenretagError:
         return None
-
-
-def _bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2 × workers`` items in flight,
-    so decoding runs ahead of inference without holding the whole library in memory."""
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="genretag-decode") as pool:
-        in_flight: deque = deque()
-        for item in items:
-            in_flight.append(pool.submit(fn, item))
-            if len(in_flight) >= 2 * workers:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
 
 
 class Tagger:

@@ -62,6 +62,9 @@ class ScanSettings:
     min_confidence: float | None = _opt(None, "Lowest score a genre needs; below it the track is "
                                               "'abstained' (default: the model's own, else 0.3).")
     workers: int = _opt(2, "Decoding threads running ahead of inference.")
+    decode_timeout: float = _opt(120.0, "Seconds one file may take to decode before it is given up "
+                                        "as failed (a hung read, a stuck network share); "
+                                        "unbounded with --workers 0.")
     rescan: bool = _opt(False, "Ignore the index cache and predict every track again.")
     mode: str = _opt("replace", "How tags are written: replace, merge (add to existing) or fill "
                                 "(only files with no genre).")

@@ -86,6 +86,13 @@ Safety
       a half-written file.
     * ``expected=(size, mtime_ns)`` from an earlier ``os.stat``: if the file differs,
       ``FileChanged`` and no write. The file is also re-checked just before the replace.
+    * One writer at a time per file: the writer holds an exclusive ``flock`` on the file it is
+      about to replace from before the copy until after the replace. A second genretag process
+      (another scan or an undo, on the same index or another one) waits for it — up to
+      ``WRITE_LOCK_SECONDS``, then ``TagWriteError`` — and then finds the file replaced, so it
+      raises ``FileChanged`` instead of overwriting the first writer's result with tags planned
+      from the old file. The lock is advisory: programs that do not take it are caught by the
+      stat checks above.
     * Audio without a decodable stream cannot be verified: ``verify=True`` then refuses.
     * Every failure is a one-line ``TagReadError`` (reading) or ``TagWriteError`` /
       ``UnsupportedFormat`` / ``FileChanged`` (writing and restoring) naming the file.
@@ -102,6 +109,7 @@ Undo
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import re
 import secrets
@@ -109,6 +117,7 @@ import shutil
 import stat
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tagger.errors import FileChanged, FileError, TagWriteError, UnreadableFile
@@ -122,6 +131,8 @@ MODES = ("replace", "merge", "fill")
 TEMP_MARK = ".genretag-tmp-"
 TEMP_RE = re.compile(r"\A\..*\.genretag-tmp-[0-9a-f]{12}\Z", re.DOTALL)
 _EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+WRITE_LOCK_SECONDS = 30.0
+"""How long a tag write waits for another process that is writing the same file."""
 
 
 @dataclass(frozen=True)
@@ -314,35 +325,59 @@ def _rewrite(label: str, st0: os.stat_result, fmt: str, desired: dict, *, keep_m
     folder = os.path.dirname(real)
     digest0 = _digest_for_verify(real, label) if verify else None
     tmp = _temp_name(real)
-    try:
+    with _write_lock(real, label):
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        except OSError as exc:
-            raise TagWriteError(label, f"cannot create a temporary file in {folder}: {error_reason(exc)}") from None
-        call(label, shutil.copyfile, real, tmp, write=True, what="copying to a temporary file: ")
-        if not _same_file(os.stat(real), st0):
-            raise FileChanged(label, "changed on disk while genretag was reading it; not written")
-        after = _apply_checked(tmp, label, fmt, desired)
-        if verify:
-            digest1 = _digest_for_verify(tmp, label)
-            if digest1 != digest0:
-                raise TagWriteError(label, f"decoded audio would change ({digest0[:12]} -> {digest1[:12]}); not written")
-        call(label, _copy_metadata, real, tmp, st0, keep_mtime, write=True, what="copying permissions: ")
-        call(label, _fsync_path, tmp, write=True, what="syncing: ")
-        if not _same_file(os.stat(real), st0):
-            raise FileChanged(label, "changed on disk while genretag was writing it; not written")
-        call(label, os.replace, tmp, real, write=True, what="replacing the file: ")
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except OSError as exc:
+                raise TagWriteError(label, f"cannot create a temporary file in {folder}: {error_reason(exc)}") from None
+            call(label, shutil.copyfile, real, tmp, write=True, what="copying to a temporary file: ")
+            if not _same_file(os.stat(real), st0):
+                raise FileChanged(label, "changed on disk while genretag was reading it; not written")
+            after = _apply_checked(tmp, label, fmt, desired)
+            if verify:
+                digest1 = _digest_for_verify(tmp, label)
+                if digest1 != digest0:
+                    raise TagWriteError(label, f"decoded audio would change ({digest0[:12]} -> {digest1[:12]}); not written")
+            call(label, _copy_metadata, real, tmp, st0, keep_mtime, write=True, what="copying permissions: ")
+            call(label, _fsync_path, tmp, write=True, what="syncing: ")
+            if not _same_file(os.stat(real), st0):
+                raise FileChanged(label, "changed on disk while genretag was writing it; not written")
+            call(label, os.replace, tmp, real, write=True, what="replacing the file: ")
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     try:
         _fsync_path(folder, directory=True)
     except OSError:
         pass  # the rename itself succeeded; some file systems refuse to fsync directories
     return after
+
+
+@contextmanager
+def _write_lock(real: str, label: str):
+    """Hold an exclusive ``flock`` on the file to be replaced (see "One writer at a time")."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TagWriteError(label, f"cannot open for writing: {error_reason(exc)}") from None
+    try:
+        deadline = time.monotonic() + WRITE_LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TagWriteError(label, f"another process has been writing this file for "
+                                               f"{WRITE_LOCK_SECONDS:g} s (locked); not written") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def _digest_for_verify(path: str, label: str) -> str:

@@ -1,4 +1,6 @@
 """Batching: every window's probabilities go back to its own track, whatever the batch size."""
+import time
+
 import pytest
 import torch
 
@@ -66,3 +68,61 @@ def test_waveform_fast_path_equals_the_feature_extractor(decoded_library, tiny_w
     classifier.raw_waveform = False
     slow = classifier.predict(windows, lengths)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+def test_bounded_map_keeps_order_and_runs_ahead():
+    import threading
+
+    from tagger.engine import bounded_map
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def work(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.01 * (x % 3))
+        with lock:
+            active[0] -= 1
+        return x * x
+
+    assert list(bounded_map(work, range(40), 3, timeout=10, on_timeout=lambda x: None)) == [
+        x * x for x in range(40)]
+    assert 1 < peak[0] <= 3
+
+
+def test_bounded_map_gives_up_on_a_stuck_call_and_goes_on():
+    """A call that never returns (here: blocked on an event nobody sets, like a read from a FIFO
+    without a writer) yields ``on_timeout(item)`` after ``timeout`` and frees its slot: with one worker,
+    the items after it still run."""
+    import threading
+
+    from tagger.engine import bounded_map
+
+    never = threading.Event()
+
+    def work(x):
+        if x == 2:
+            never.wait()
+        return x
+
+    started = time.monotonic()
+    got = list(bounded_map(work, range(6), 1, timeout=0.5, on_timeout=lambda x: f"timeout {x}"))
+    assert got == [0, 1, "timeout 2", 3, 4, 5]
+    assert time.monotonic() - started < 5
+    never.set()
+
+
+def test_bounded_map_reraises_errors_in_order():
+    from tagger.engine import bounded_map
+
+    def work(x):
+        if x == 3:
+            raise ValueError("bad item 3")
+        return x
+
+    got = []
+    with pytest.raises(ValueError, match="bad item 3"):
+        for value in bounded_map(work, range(6), 2, timeout=10, on_timeout=lambda x: None):
+            got.append(value)
+    assert got == [0, 1, 2]

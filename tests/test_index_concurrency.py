@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import tagger.cli
 import tagger.index
 from tagger.errors import GenretagError
 from tagger.index import MIGRATIONS, SCHEMA_VERSION, Index
@@ -278,3 +279,42 @@ def test_two_scans_on_overlapping_folders_and_a_report_meanwhile(short_library, 
     assert start_a < end_b and start_b < end_a, "the two scans did not overlap in time"
     assert any(0 < total < TRACKS for total in seen), f"no report landed mid-scan: {seen}"
     assert build_report(db).total == TRACKS
+
+
+@pytest.mark.parametrize("shared_index", [True, False], ids=["one-index", "two-indexes"])
+def test_two_writing_scans_on_the_same_files(short_library, tiny_wav2vec2, tmp_path, shared_index):
+    """Two `scan --write-tags` processes over the same files at once: every file is written exactly
+    once (the per-file lock makes the later writer see the file replaced), holds the predicted genre,
+    keeps its audio, and undo restores it."""
+    import shutil
+
+    from tagger.tags import TEMP_RE, audio_digest, read_genres, snapshot_genres
+
+    lib = Path(shutil.copytree(short_library / "Y", tmp_path / "Y"))
+    files = sorted(p for p in lib.rglob("*.wav"))
+    before = {p: (audio_digest(p), snapshot_genres(p)) for p in files}
+    dbs = [tmp_path / "a.db", tmp_path / ("a.db" if shared_index else "b.db")]
+    options = ["--model", str(tiny_wav2vec2), "--write-tags", "--workers", "1", "--min-confidence", "0"]
+    scans = scans_started_together([["scan", str(lib), *options, "--db", str(db)] for db in dbs], tmp_path)
+    for s in scans:
+        out, err = s.communicate(timeout=300)
+        assert s.returncode == 0, err
+
+    writes: dict[str, int] = {}
+    for db in set(dbs):
+        assert integrity(db) == "ok"
+        for (path,) in query(db, "select path from tag_writes where written_at is not null"):
+            writes[path] = writes.get(path, 0) + 1
+        labels = dict(query(db, "select path, labels from predictions"))
+        for p in files:
+            assert read_genres(p) == json.loads(labels[str(p)])
+    assert writes == {str(p): 1 for p in files}, "a file was written twice, or not at all"
+    assert not [p for p in lib.rglob("*") if TEMP_RE.match(p.name)]
+    assert all(audio_digest(p) == before[p][0] for p in files)
+
+    for db in set(dbs):
+        for (run_id,) in query(db, "select distinct run_id from tag_writes"):
+            result = CliRunner().invoke(tagger.cli.cli, ["undo", "--db", str(db), "--run", str(run_id)],
+                                        catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+    assert all(snapshot_genres(p) == before[p][1] for p in files)

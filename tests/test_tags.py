@@ -244,7 +244,7 @@ def test_formats_with_no_tags_get_the_genre_field_removed_on_undo(originals, tmp
 @pytest.mark.parametrize("fmt_id", ["mp3-v23", "mp3-v24+v1", "flac", "m4a-aac", "wma", "wavpack"])
 def test_modes(originals, tmp_path, fmt_id):
     path = fresh(originals, tmp_path, fmt_id)
-    assert read_genres(path) == ["Jazz"]
+    assert read_genres(path) == ["Zydeco"]
     merged = write_genres(path, ["rock", "JAZZ", "Pop"], mode="merge")
     assert merged.written and read_genres(path) == ["Jazz", "rock", "Pop"]
     filled = write_genres(path, ["Metal"], mode="fill")
@@ -333,7 +333,7 @@ def test_id3v1_only_file(tmp_path):
     path = make_audio(tmp_path / "v1.mp3", seconds=0.5, id3_version=0, with_id3v1=True,
                       tags={"title": "Old Title", "genre": "Jazz"})
     assert mutagen.File(path).tags is None or mutagen.File(path).tags.version[0] == 1
-    assert read_genres(path) == ["Jazz"]
+    assert read_genres(path) == ["Zydeco"]
     snap = snapshot_genres(path)
     assert snap["fields"] == {"TCON": None, "TXXX:GENRETAG": None, "ID3v1:genre": 8}
     write_genres(path, ["Rock"])
@@ -480,6 +480,67 @@ def test_file_changed_guard(originals, tmp_path):
         write_genres(path, ["Rock"], expected=(st.st_size + 1, st.st_mtime_ns))
     assert path.read_bytes() == before
     assert write_genres(path, ["Rock"], expected=(st.st_size, st.st_mtime_ns)).written
+
+
+def _hold_write_lock(path: Path) -> int:
+    """Take the lock a writing genretag process holds, the way it takes it (flock on the file)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_writer_waits_for_another_writer_then_sees_its_file(originals, tmp_path):
+    """A second writer blocks while the first holds the file; when the first has replaced the file,
+    the second refuses (FileChanged) instead of overwriting it with tags planned from the old one."""
+    path = fresh(originals, tmp_path, "flac")
+    fd = _hold_write_lock(path)
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(write_genres, path, ["Zydeco"])
+        time.sleep(0.5)
+        assert not second.done()  # waiting for the lock, not writing
+        replacement = tmp_path / "first-writer.flac"
+        shutil.copyfile(path, replacement)
+        write_genres(replacement, ["Blues"])  # what the first writer produced
+        os.replace(replacement, path)
+        os.close(fd)
+        with pytest.raises(FileChanged):
+            second.result(timeout=30)
+    assert read_genres(path) == ["Blues"] and leftovers(tmp_path) == []
+
+
+def test_writer_proceeds_when_the_lock_is_released_unchanged(originals, tmp_path):
+    path = fresh(originals, tmp_path, "mp3-v23")
+    fd = _hold_write_lock(path)
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(write_genres, path, ["Zydeco"])
+        time.sleep(0.3)
+        assert not second.done()
+        os.close(fd)
+        assert second.result(timeout=30).written
+    assert read_genres(path) == ["Zydeco"]
+
+
+def test_writer_gives_up_on_a_lock_held_too_long(originals, tmp_path, monkeypatch):
+    import tagger.tags
+
+    monkeypatch.setattr(tagger.tags, "WRITE_LOCK_SECONDS", 0.5)
+    path = fresh(originals, tmp_path, "ogg-vorbis")
+    before = path.read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"), str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TagWriteError) as err:
+            write_genres(path, ["Rock"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "locked" in str(err.value) and str(err.value).startswith(str(path))
+    assert path.read_bytes() == before and leftovers(tmp_path) == []
 
 
 def test_keep_mtime_and_permissions(originals, tmp_path):

@@ -1,0 +1,135 @@
+"""Schedulers for steps 2–3: turn the tracks a scan must predict into ``(item, probabilities)`` pairs.
+
+The pipeline (:mod:`tagger.pipeline`) decides *which* tracks to predict and what to do with each
+result; an engine decides *where* decoding and inference run. Every engine uses the same stage
+functions — :func:`decode_or_fail` for step 2, :func:`tagger.batching.predict_in_batches` over a
+classifier's ``predict`` for step 3 — so the local engine and the Ray engine
+(:mod:`tagger.engine_ray`) cannot disagree on what a track's windows or probabilities are.
+
+An engine's ``predictions(tracks)`` yields ``(DecodedTrack, probs [n_windows, n_labels])`` for a
+predicted track and ``(TrackResult, None)`` for a track that failed before inference.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+from .batching import predict_in_batches
+from .decode import decode_track
+from .errors import FileError
+from .records import FAILED, Track, TrackResult
+from .settings import ScanSettings
+
+
+def default_batch_size(device) -> int:
+    """On CPU one window at a time is fastest per window; a GPU wants full batches."""
+    return 64 if device.type == "cuda" else 1
+
+
+def decode_or_fail(track: Track, sample_rate: int, max_windows: int):
+    """Step 2 for one track: its :class:`DecodedTrack`, or a ``failed`` :class:`TrackResult` naming
+    the reason — a bad file is a result, never an exception that would stop the scan."""
+    try:
+        return decode_track(track, sample_rate, max_windows)
+    except FileError as err:
+        return failed_result(track, err.reason)
+
+
+def failed_result(track: Track, reason: str) -> TrackResult:
+    return TrackResult(track.path, FAILED, error=reason, size=track.size, mtime_ns=track.mtime_ns)
+
+
+class LocalEngine:
+    """Decode on ``settings.workers`` threads running ahead of inference in this process.
+
+    FFmpeg releases the GIL while it decodes, so threads overlap decoding with the model; the model
+    itself runs on the calling thread, where torch uses every core (or the GPU).
+    """
+
+    def __init__(self, classifier, settings: ScanSettings):
+        self.classifier = classifier
+        self.settings = settings
+        self.batch_size = settings.batch_size or default_batch_size(classifier.device)
+
+    def predictions(self, tracks: Iterable[Track]) -> Iterator[tuple]:
+        rate, max_windows = self.classifier.sampling_rate, self.settings.max_windows
+        decoded = bounded_map(lambda t: decode_or_fail(t, rate, max_windows), tracks,
+                              self.settings.workers, timeout=self.settings.decode_timeout,
+                              on_timeout=self._timed_out)
+        yield from predict_in_batches(decoded, self.classifier.predict, self.batch_size)
+
+    def _timed_out(self, track: Track) -> TrackResult:
+        return failed_result(track, f"decoding took longer than {self.settings.decode_timeout:g} s "
+                                    "(file hangs or is unreadable); skipped")
+
+
+def bounded_map(fn: Callable, items: Iterable, workers: int, *, timeout: float | None = None,
+                on_timeout: Callable | None = None) -> Iterator:
+    """``map(fn, items)`` in input order on ``workers`` threads, with at most ``2 × workers`` items in
+    flight, so decoding runs ahead of inference without holding the whole library in memory.
+
+    ``timeout`` bounds each call from the moment it starts: a call still running then is given up and
+    ``on_timeout(item)`` is yielded in its place. Each call runs on its own daemon thread, because a
+    decoder stuck in a read (a vanished network share, a FIFO swapped in after discovery) cannot be
+    interrupted: the scan moves on, the stuck thread holds no slot, and it cannot keep the process
+    from exiting. ``workers=0`` runs inline, without a time bound.
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    slots = threading.Semaphore(workers)
+    in_flight: deque[_Call] = deque()
+    for item in items:
+        in_flight.append(_Call(fn, item, slots))
+        if len(in_flight) >= 2 * workers:
+            yield in_flight.popleft().result(timeout, on_timeout)
+    while in_flight:
+        yield in_flight.popleft().result(timeout, on_timeout)
+
+
+class _Call:
+    """One ``fn(item)`` on a daemon thread that waits for one of the pool's slots. The slot is handed
+    back exactly once: when the call ends, or when the consumer gives up on it."""
+
+    def __init__(self, fn: Callable, item, slots: threading.Semaphore):
+        self.fn, self.item, self.slots = fn, item, slots
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.value = self.error = None
+        self.start_time = 0.0
+        self._slot_lock = threading.Lock()
+        self._holds_slot = False
+        threading.Thread(target=self._run, daemon=True, name="genretag-decode").start()
+
+    def _run(self) -> None:
+        self.slots.acquire()
+        self._holds_slot = True
+        self.start_time = time.monotonic()
+        self.started.set()
+        try:
+            self.value = self.fn(self.item)
+        except BaseException as exc:  # re-raised on the consumer's thread
+            self.error = exc
+        finally:
+            self.done.set()
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._slot_lock:
+            if self._holds_slot:
+                self._holds_slot = False
+                self.slots.release()
+
+    def result(self, timeout: float | None, on_timeout: Callable | None):
+        self.started.wait()
+        if timeout is not None and on_timeout is not None:
+            remaining = self.start_time + timeout - time.monotonic()
+            if not self.done.wait(max(remaining, 0.0)):
+                self._release_slot()  # the stuck thread runs on, outside the pool's count
+                return on_timeout(self.item)
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
