@@ -244,7 +244,7 @@ def test_formats_with_no_tags_get_the_genre_field_removed_on_undo(originals, tmp
 @pytest.mark.parametrize("fmt_id", ["mp3-v23", "mp3-v24+v1", "flac", "m4a-aac", "wma", "wavpack"])
 def test_modes(originals, tmp_path, fmt_id):
     path = fresh(originals, tmp_path, fmt_id)
-    assert read_genres(path) == ["Zydeco"]
+    assert read_genres(path) == ["Jazz"]
     merged = write_genres(path, ["rock", "JAZZ", "Pop"], mode="merge")
     assert merged.written and read_genres(path) == ["Jazz", "rock", "Pop"]
     filled = write_genres(path, ["Metal"], mode="fill")
@@ -333,7 +333,7 @@ def test_id3v1_only_file(tmp_path):
     path = make_audio(tmp_path / "v1.mp3", seconds=0.5, id3_version=0, with_id3v1=True,
                       tags={"title": "Old Title", "genre": "Jazz"})
     assert mutagen.File(path).tags is None or mutagen.File(path).tags.version[0] == 1
-    assert read_genres(path) == ["Zydeco"]
+    assert read_genres(path) == ["Jazz"]
     snap = snapshot_genres(path)
     assert snap["fields"] == {"TCON": None, "TXXX:GENRETAG": None, "ID3v1:genre": 8}
     write_genres(path, ["Rock"])
