@@ -20,6 +20,9 @@ from .settings import MIN_DECODED_SECONDS, WINDOW_SECONDS
 
 UNKNOWN_DURATION_SECONDS = 600.0
 """When a container states no duration, at most this much is decoded from the start to find windows."""
+FFMPEG_SECONDS = 120.0
+"""The ``ffmpeg`` fallback decoder is stopped after this long: decoding ten minutes takes seconds, so it
+is stuck (a FIFO, a share that stopped answering); the scan's own ``decode_timeout`` has given up too."""
 
 
 def plan_windows(duration: float, max_windows: int, window: float = WINDOW_SECONDS) -> list[float]:
@@ -36,12 +39,14 @@ def decode_track(track: Track, sample_rate: int, max_windows: int,
     """Decode ``track``'s planned windows. Raises :class:`UnreadableFile` with a one-line reason."""
     from torchcodec.decoders import AudioDecoder
 
+    if track.size == 0:  # FFmpeg would only say "Invalid argument"
+        raise UnreadableFile(track.path, "empty file (0 bytes)")
     try:
         decoder = AudioDecoder(_source(track.path), sample_rate=sample_rate, num_channels=1)
         meta = decoder.metadata
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError with FFmpeg's words
         return _decode_from_start(track, None, sample_rate, max_windows, window,
-                                  _one_line(exc, "cannot open audio"))
+                                  _open_failure(exc, track.path))
     duration = meta.duration_seconds
     if not duration or duration <= 0:
         return _decode_from_start(track, decoder, sample_rate, max_windows, window, None, meta.codec)
@@ -57,8 +62,8 @@ def decode_track(track: Track, sample_rate: int, max_windows: int,
 def _decode_from_start(track: Track, decoder, sample_rate: int, max_windows: int, window: float,
                        error: str | None, codec: str | None = None) -> DecodedTrack:
     """No, or a wrong, header duration (truncated downloads, empty containers), or a file torchcodec
-    cannot open or seek in: decode from the start — with torchcodec, then with pydub (FFmpeg's own
-    command-line decoder, which gets through some damaged streams) — and place the windows over what
+    cannot open or seek in: decode from the start — with torchcodec, then with FFmpeg's own
+    command-line decoder, which gets through some damaged streams — and place the windows over what
     really decodes."""
     import torch
 
@@ -66,10 +71,10 @@ def _decode_from_start(track: Track, decoder, sample_rate: int, max_windows: int
     if decoder is not None:
         try:
             audio = decoder.get_samples_played_in_range(0.0, UNKNOWN_DURATION_SECONDS).data[0]
-        except Exception as exc:
-            error = _one_line(exc, "decoding failed")
+        except Exception as exc:  # "no frames" is not an error of its own: the file holds no audio
+            error = None if _NO_FRAMES in str(exc) else _one_line(exc, "decoding failed")
     if audio.numel() < MIN_DECODED_SECONDS * sample_rate:
-        audio = max(audio, _decode_with_pydub(track.path, sample_rate), key=lambda a: a.numel())
+        audio = max(audio, _decode_with_ffmpeg(track.path, sample_rate), key=lambda a: a.numel())
     duration = audio.numel() / sample_rate
     if audio.numel() < MIN_DECODED_SECONDS * sample_rate:
         raise UnreadableFile(track.path, error if error and not audio.numel() else
@@ -79,21 +84,25 @@ def _decode_from_start(track: Track, decoder, sample_rate: int, max_windows: int
     return DecodedTrack(track, windows, lengths, starts, duration, codec)
 
 
-def _decode_with_pydub(path: str, sample_rate: int):
-    """Mono float samples at ``sample_rate`` decoded by the ``ffmpeg`` program, or empty on failure."""
-    import torch
-    import torchaudio.functional as AF
-    from pydub import AudioSegment
+def _decode_with_ffmpeg(path: str, sample_rate: int):
+    """Mono float samples at ``sample_rate`` decoded by the ``ffmpeg`` program, or empty on failure.
 
+    At most ``UNKNOWN_DURATION_SECONDS`` are read, and whatever decoded before an error is kept. The
+    program, not a library that reads the file into memory first, because a file swapped for a device
+    or a FIFO after discovery would then be read forever; and a time bound, because a read that never
+    returns would leave the process behind after the scan has given the file up."""
+    import subprocess
+
+    import torch
+
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-t", f"{UNKNOWN_DURATION_SECONDS:g}", "-i", "file:" + path,
+           "-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
     try:
-        segment = AudioSegment.from_file(path, duration=UNKNOWN_DURATION_SECONDS).set_channels(1)
-    except Exception:
+        out = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_SECONDS, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
         return torch.zeros(0)
-    scale = float(1 << (8 * segment.sample_width - 1))
-    samples = torch.tensor(segment.get_array_of_samples(), dtype=torch.float32) / scale
-    if samples.numel() and segment.frame_rate != sample_rate:
-        samples = AF.resample(samples, segment.frame_rate, sample_rate)
-    return samples
+    usable = len(out) - len(out) % 4  # 4-byte float samples; frombuffer refuses an empty buffer
+    return torch.frombuffer(bytearray(out[:usable]), dtype=torch.float32) if usable else torch.zeros(0)
 
 
 def _source(path: str):
@@ -162,9 +171,23 @@ def _stack(clips: list, window_samples: int):
 
 
 _INTERNAL_LOCATION = re.compile(r"\b\w+, /\S+\.cpp:\d+, ")  # "SingleStreamDecoder, /__w/.../x.cpp:41, "
+_OPEN_WORDS = re.compile(r"^(Could not open input file:|Failed to open input buffer:)\s*")
+_NOT_AUDIO = {"Invalid argument", "Invalid data found when processing input"}
+"""What FFmpeg says when no demuxer recognises the bytes (HTML pages, random data, resource forks)."""
+_NO_FRAMES = "No audio frames were decoded"
 
 
 def _one_line(exc: Exception, prefix: str) -> str:
     """FFmpeg's/torchcodec's message on one line, without torchcodec's source locations."""
     text = _INTERNAL_LOCATION.sub("", " ".join(str(exc).split()))
     return f"{prefix}: {text[:200]}" if text else prefix
+
+
+def _open_failure(exc: Exception, path: str) -> str:
+    """Why FFmpeg could not open ``path``, in words a user can act on. torchcodec repeats the path
+    (which the error line already names) and wraps FFmpeg's reason in its own words; both go."""
+    text = _INTERNAL_LOCATION.sub("", str(exc).replace(path, ""))
+    cause = _OPEN_WORDS.sub("", " ".join(text.split()))
+    if cause in _NOT_AUDIO:
+        return f"not an audio file FFmpeg recognises ({cause})"
+    return f"cannot open audio: {cause[:200]}" if cause else "cannot open audio"

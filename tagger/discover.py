@@ -35,33 +35,47 @@ def discover(root: str | os.PathLike, on_error: Callable[[UnreadableFile], None]
         if track:
             yield track
         return
-    yield from _walk(root, set(), report)
+    yield from _walk(root, report)
 
 
-def _walk(folder: Path, seen: set[tuple[int, int]], report) -> Iterator[Track]:
-    try:
-        st = folder.stat()
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
-            return
-        seen.add(key)
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        report(UnreadableFile(folder, f"cannot read directory ({exc.strerror or exc})"))
-        return
-    for entry in entries:
+def _walk(root: Path, report) -> Iterator[Track]:
+    """Depth-first, in name order, with an explicit stack of folders rather than recursion: a tree
+    nested deeper than Python's recursion limit (a sync tool copying a folder into itself) must not
+    stop the scan."""
+    seen: set[tuple[int, int]] = set()
+    stack = [iter(_entries(root, seen, report))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
         path = Path(entry.path)
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk(path, seen, report)
+            stack.append(iter(_entries(path, seen, report)))
         elif is_audio_name(entry.name):
             track = _track_for(path, report)
             if track:
                 yield track
+
+
+def _entries(folder: Path, seen: set[tuple[int, int]], report) -> list[os.DirEntry]:
+    """The folder's entries sorted by name; none for a folder already walked (however it was reached)
+    or one that cannot be read, which is reported."""
+    try:
+        st = folder.stat()
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return []
+        seen.add(key)
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        report(UnreadableFile(folder, f"cannot read directory ({exc.strerror or exc})"))
+        return []
 
 
 def _track_for(path: Path, report) -> Track | None:
