@@ -59,6 +59,10 @@ def cli():
 @_option("keep_mtime", is_flag=True)
 @_option("verify", is_flag=True)
 @_option("separator")
+@_option("engine", type=click.Choice(["local", "ray"]))
+@_option("ray_address")
+@_option("num_gpus_per_worker", type=click.FloatRange(min=0))
+@_option("ray_inference_workers", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per track instead of tables.")
 def scan(path, as_json, **options):
     """Predict the genres of every audio file under PATH and record them in the index.

@@ -52,8 +52,8 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     """Scan ``root``: predict every new or changed track, record it in the index and, with
     ``settings.write_tags``, write its genres. Returns the counts; ``on_result`` sees each track.
 
-    ``engine`` decides where decoding and inference run (see :mod:`tagger.engine`); by default
-    :class:`~tagger.engine.LocalEngine` in this process. Discovery, the index and tag writing always
+    ``engine`` decides where decoding and inference run (see :mod:`tagger.engine`); by default the
+    one ``settings.engine`` names (:func:`make_engine`). Discovery, the index and tag writing always
     stay here."""
     from .index import Index
     from .infer import load_classifier
@@ -68,7 +68,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
         summary.run_id = index.start_run(
             "scan", root=os.path.abspath(root), model_id=classifier.model_id,
             fingerprint=classifier.fingerprint, options={k: v for k, v in asdict(settings).items()})
-        engine = engine or LocalEngine(classifier, settings)
+        engine = engine or make_engine(classifier, settings)
         scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results)
         try:
             tracks = list(discover(root, on_error=scan.discovery_failed))
@@ -86,6 +86,15 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
             index.finish_run(summary.run_id, **{k: summary.counts()[k] for k in (
                 "scanned", "skipped", "tagged", "abstained", "failed")}, interrupted=int(summary.interrupted))
     return summary
+
+
+def make_engine(classifier, settings: ScanSettings):
+    """The engine ``settings.engine`` names; Ray is imported only when it is asked for."""
+    if settings.engine == "ray":
+        from .engine_ray import RayEngine
+
+        return RayEngine(classifier, settings)
+    return LocalEngine(classifier, settings)
 
 
 class _Scan:

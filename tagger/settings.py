@@ -72,6 +72,16 @@ class ScanSettings:
     keep_mtime: bool = _opt(False, "Keep each file's modification time when writing tags.")
     verify: bool = _opt(False, "Check that the decoded audio is unchanged after each tag write.")
     separator: str = _opt("; ", "Joins several genres in formats without multi-value fields (ID3v2.3).")
+    engine: str = _opt("local", "Where decoding and inference run: local (this process) or ray (a Ray "
+                                "cluster; the index and tag writes stay in this process).")
+    ray_address: str | None = _opt(None, "Ray cluster for --engine ray: auto (the one `ray start` joined "
+                                         "on this machine), HOST:PORT, ray://HOST:10001 or local; "
+                                         "default: $RAY_ADDRESS, else auto, else a local cluster "
+                                         "started for this scan.")
+    num_gpus_per_worker: float = _opt(0.0, "GPUs each Ray inference worker reserves (1: one model per "
+                                           "GPU, 0.5: two per GPU); 0 runs inference on CPU workers.")
+    ray_inference_workers: int | None = _opt(None, "Ray inference workers, each loading the model once "
+                                                   "(default: one per GPU of the cluster, else 1).")
 
     @classmethod
     def help_for(cls, name: str) -> str:
