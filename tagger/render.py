@@ -5,6 +5,7 @@ Progress and messages go to stderr, so ``--json`` output on stdout stays machine
 from __future__ import annotations
 
 import json
+import re
 
 import click
 from rich.console import Console
@@ -14,6 +15,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .records import ABSTAINED, FAILED, OK, SKIPPED
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def shown_path(path: str) -> str:
+    """``path`` as the terminal shows it: named as the index stores it (bytes that are not UTF-8 as
+    ``\\xNN``, so an error line, ``report`` and ``show`` agree), with control characters escaped
+    (``\\n``), so a name holding a newline still makes one line."""
+    from .index import path_key
+
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], path_key(path))
 
 
 class ScanView:
@@ -46,7 +58,8 @@ class ScanView:
         speed = self.progress.tasks[0].speed
         self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
         if result.status == FAILED:
-            self.err.print(f"[red]error:[/] {escape(result.path)}: {escape(result.error or 'failed')}")
+            self.err.print(f"[red]error:[/] {escape(shown_path(result.path))}: "
+                           f"{escape(result.error or 'failed')}")
         if self.as_json:
             if result.status != SKIPPED or result.error:
                 click.echo(json.dumps(result.as_json()))
@@ -58,7 +71,8 @@ class ScanView:
             else:  # show what the model leaned to, so a user can judge the threshold
                 best = result.ranking[:1]
                 new, scores = f"(abstain; best {best[0][0]})" if best else "(abstain)", [s for _, s in best]
-            self.planned.append((result.path, current, new, ", ".join(f"{s:.2f}" for s in scores)))
+            confidence = ", ".join(f"{s:.2f}" for s in scores)
+            self.planned.append((shown_path(result.path), current, new, confidence))
 
     def interrupted(self) -> None:
         self.progress.stop()

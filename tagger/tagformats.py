@@ -298,6 +298,26 @@ def riff_info(f) -> tuple[int, int, list[list[bytes]]] | None:
     return None
 
 
+def riff_overrun(path: str) -> str | None:
+    """Why the RIFF chunks of a WAV file run past its end (a truncated download or recording), or
+    None. A chunk appended to such a file lands inside the range its last chunk claims."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, csize = struct.unpack("<4sI", f.read(8))
+            if pos + 8 + csize > size:
+                name = cid.decode("latin-1").strip() or "unnamed"
+                return (f"truncated WAV: its {name} chunk claims {csize:,} bytes, the file holds "
+                        f"{size - pos - 8:,} of them")
+            pos += 8 + csize + (csize & 1)
+    return None
+
+
 def riff_info_value(path: str, fourcc: bytes) -> tuple[bool, str | None]:
     """(has a LIST/INFO chunk, raw value of ``fourcc`` as Latin-1 text without trailing NULs)."""
     with open(path, "rb") as f:
@@ -446,6 +466,8 @@ class Id3Handler(Handler):
         return []
 
     def _plan(self, fields, genres, separator, provenance):
+        if self.kind is WAVE and (why := self._call(riff_overrun, self.path)):
+            raise TagWriteError(self.label, f"{why}; a tag chunk after it would be unreadable, not written")
         new = dict(fields)
         new["TCON"] = (list(genres) if self.save_version == 4 else [separator.join(genres)]) if genres else None
         new["TXXX:" + PROVENANCE] = [provenance] if provenance else None
@@ -700,9 +722,13 @@ def _detect(path: str, name: str) -> type | None:
         scores = []
         for kind in _CANDIDATES:
             f.seek(0)
-            scores.append(((kind.score(name, f, header), kind.__name__), kind))
+            by_name = kind.score(name, f, header)
+            f.seek(0)
+            scores.append(((by_name, kind.score("", f, header), kind.__name__), kind))
+    # On a tie, what the bytes say wins over the extension (a FLAC stream named .mp3 scores 1 for
+    # each); only then mutagen's own tie-break, the class name.
     scores.sort(key=lambda item: item[0])
-    (score, _name), kind = scores[-1]
+    (score, _content, _name), kind = scores[-1]
     return kind if score > 0 else None
 
 

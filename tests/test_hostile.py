@@ -55,23 +55,6 @@ pytestmark = pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg and
 SCAN_TIMEOUT = 300  # seconds; a scan that hangs on a hostile file fails the test instead of the CI job
 MODEL = "builtin:musicnn-msd"
 
-KNOWN_BUGS = {
-    "flac-named-mp3": (
-        "tagger/tagformats.py _detect: mutagen's scores tie (MP3 scores 1 for the .mp3 name, FLAC 1 for the "
-        "fLaC header) and the tie goes to the class name that sorts last, MP3, whose parser then fails "
-        "(\"HeaderNotFoundError: can't sync to MPEG frame\"); the content match should win, so the file "
-        "is tagged as the FLAC it is"),
-    "newline-broken": (
-        "tagger/render.py ScanView.result prints the path as is, so a file name holding a newline splits "
-        "its error line in two; control characters in names should be escaped (\\n) to keep one line "
-        "per file"),
-    "truncated-wav": (
-        "tagger/tags.py write_genres on a WAV whose data chunk claims more bytes than the file holds: "
-        "mutagen appends the ID3 chunk inside the range the data chunk claims, the read-back check refuses "
-        "the write (safe: file untouched), but the reason is only \"tags read back differently after "
-        "writing (TCON: wanted [...], got None)\"; it should say that the file is truncated"),
-}
-
 
 @dataclass
 class HostileScan:
@@ -158,9 +141,7 @@ def test_the_scan_finishes_and_its_counts_match_the_index(hostile):
     assert set(scan.rows) == expected, "the index has tracks no case made, or lacks some"
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])) if name in KNOWN_BUGS
-    else name for name in case_names()])
+@pytest.mark.parametrize("name", case_names())
 def test_every_hostile_case(hostile, name):
     verdict = judge(hostile.case(name), hostile.root, hostile.scan, hostile.before)
     assert verdict.ok, "\n".join(verdict.problems)
@@ -203,10 +184,6 @@ def swap_fd(old: int, new: int) -> int:
     return new
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tagger/render.py ScanView.result prints result.path as is: a name that is not UTF-8 reaches stderr "
-    "as Python's surrogate escapes (broken-\\udcff\\udcfe.mp3), while the index, report and show name "
-    "it with tagger.index.path_key (broken-\\xff\\xfe.mp3); the error line should use path_key too"))
 def test_an_error_line_names_a_non_utf8_file_as_the_index_does(hostile):
     rel = hostile.case("non-utf8-broken").paths[0]
     key = path_key(os.path.join(hostile.root, rel))
