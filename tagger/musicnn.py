@@ -58,10 +58,13 @@ F_MAX = 8000.0            # Nyquist at 16 kHz
 PATCH_FRAMES = 187        # 3 s: librosa.time_to_frames(3, sr=16000, hop_length=256) + 1
 MIN_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH  # shortest audio that yields one full patch (2.98 s)
 BN_EPS = 1e-3             # tf.compat.v1.layers.batch_normalization's default, not torch's 1e-5
+CONV_CHANNEL_ALIGN = 16   # front-end filters are padded to a multiple of this (51 -> 64, 204 -> 208)
 
 BUILTIN_MODELS = ("musicnn-msd", "musicnn-mtt")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PATCHES_PER_FORWARD = {"cpu": 32, "cuda": 128}  # the largest fp32 activation is ~9 MB per patch
+PATCHES_PER_FORWARD = {"cpu": 10, "cuda": 128}
+"""Patches per network call. On CPU one 30 s window's worth keeps the largest activation (~5 MB per patch
+in bf16) close to the caches: 10 ran 1.5-2x faster per patch than 32 or 40 on a 2-core Xeon."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,15 +181,48 @@ class ConvBlock(nn.Module):
         return self.bn(F.relu(self.conv(F.pad(x, self.pad))))
 
     def max_over_frequency(self, x: torch.Tensor) -> torch.Tensor:
-        """``self(x).amax(dim=3)`` without ReLU and batch norm on the full [B, C, T, F] map.
+        """``self(x).amax(dim=3)`` for a one-channel input ``x`` [B, 1, T, F], computed the fast way.
 
-        Both are monotone per channel, so the max commutes with them: take the conv's max, or its min
-        for channels whose batch-norm scale (sign of gamma) is negative. Rounding is monotone too, so
-        the result is bit-identical, without two elementwise passes over the largest activations
-        (about a third of the CPU time when profiled).
+        ReLU and batch norm are monotone per channel, so the max over frequency commutes with them: it
+        is taken on the conv's output, before them — the max where the batch-norm scale is positive,
+        the min where it is negative, which is the max of the conv with that channel's weights negated
+        (exact: negation commutes with rounding). That skips two elementwise passes over the largest
+        activations, and a second reduction.
+
+        The conv runs channels-last, so its output is [B, T, F, C] in memory and the max over F is a
+        contiguous, vectorised reduction (on a [B, C, T, F] layout it was a third of the CPU time, plus
+        a layout reorder inside oneDNN). Output channels are padded to a multiple of
+        ``CONV_CHANNEL_ALIGN``, which keeps that reduction vectorised for the 51-filter temporal convs.
+        Conv inputs and weights are cast to the autocast dtype here, before they are given their
+        channels-last strides, because autocast's own cast would lose them.
         """
-        low, high = torch.aminmax(self.conv(F.pad(x, self.pad)), dim=3)
-        return self.bn(F.relu(torch.where(self.bn.weight[:, None] >= 0, high, low)))
+        dtype = _compute_dtype(x)
+        sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(x.device)
+        channels = sign.numel()
+        extra = -channels % CONV_CHANNEL_ALIGN
+        weight = F.pad(self.conv.weight * sign[:, None, None, None], (0, 0, 0, 0, 0, 0, 0, extra))
+        bias = F.pad(self.conv.bias * sign, (0, extra))
+        out = F.conv2d(_channels_last(F.pad(x, self.pad).to(dtype)), _channels_last(weight.to(dtype)),
+                       bias.to(dtype))
+        high = out.permute(0, 2, 3, 1).amax(dim=2)[..., :channels].float()  # [B, T, C]
+        return self.bn(F.relu(high * sign).transpose(1, 2))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype convolutions of ``x`` run in: autocast's where it is on, else ``x``'s own."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` [N, C, H, W] in channels-last memory order, with strides that say so. For one channel the
+    two orders are the same bytes, and ``contiguous(memory_format=...)`` keeps the NCHW strides, from
+    which the convolution would choose an NCHW output."""
+    t = t.contiguous(memory_format=torch.channels_last)
+    if t.shape[1] == 1:
+        _, _, h, w = t.shape
+        t = t.as_strided(t.shape, (h * w, 1, w, 1))
+    return t
 
 
 def _same_time_pad(kernel: int) -> tuple[int, int, int, int]:

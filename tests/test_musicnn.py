@@ -161,7 +161,8 @@ def test_max_over_frequency_equals_the_plain_block_for_mixed_sign_batch_norm():
         block.bn.running_var.uniform_(0.5, 2.0)
         block.bn.running_mean.normal_()
     x = torch.randn(3, 1, 20, 16)
-    assert torch.equal(block.max_over_frequency(x), block(x).amax(dim=3))
+    # The channels-last conv sums in another order than the plain block's: equal up to float32 rounding.
+    torch.testing.assert_close(block.max_over_frequency(x), block(x).amax(dim=3), rtol=0, atol=1e-5)
 
 
 def test_bf16_autocast_stays_close_to_fp32(classifiers, reference_logmel):
