@@ -31,7 +31,7 @@ def discover(root: str | os.PathLike, on_error: Callable[[UnreadableFile], None]
     report = on_error or (lambda err: None)
     root = Path(root)
     if root.is_file() or (root.exists() and not root.is_dir()):
-        track = _track_for(root, report)
+        track = _track_for(os.fspath(root), report, root.stat)
         if track:
             yield track
         return
@@ -49,24 +49,23 @@ def _walk(root: Path, report) -> Iterator[Track]:
         if entry is None:
             stack.pop()
             continue
-        path = Path(entry.path)
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError:
             is_dir = False
         if is_dir:
-            stack.append(iter(_entries(path, seen, report)))
+            stack.append(iter(_entries(entry.path, seen, report)))
         elif is_audio_name(entry.name):
-            track = _track_for(path, report)
+            track = _track_for(entry.path, report, entry.stat)  # plain strings: 100,000s of files
             if track:
                 yield track
 
 
-def _entries(folder: Path, seen: set[tuple[int, int]], report) -> list[os.DirEntry]:
+def _entries(folder: str | Path, seen: set[tuple[int, int]], report) -> list[os.DirEntry]:
     """The folder's entries sorted by name; none for a folder already walked (however it was reached)
     or one that cannot be read, which is reported."""
     try:
-        st = folder.stat()
+        st = os.stat(folder)
         key = (st.st_dev, st.st_ino)
         if key in seen:
             return []
@@ -78,13 +77,14 @@ def _entries(folder: Path, seen: set[tuple[int, int]], report) -> list[os.DirEnt
         return []
 
 
-def _track_for(path: Path, report) -> Track | None:
+def _track_for(path: str, report, stat_of: Callable[[], os.stat_result]) -> Track | None:
+    """The track at ``path``; ``stat_of`` follows symbolic links (``DirEntry.stat`` or ``Path.stat``)."""
     try:
-        st = path.stat()
+        st = stat_of()
     except OSError as exc:
         report(UnreadableFile(path, f"cannot stat ({exc.strerror or exc})"))
         return None
     if not stat.S_ISREG(st.st_mode):
         report(UnreadableFile(path, "not a regular file (FIFO, device or socket)"))
         return None
-    return Track(os.fspath(path), st.st_size, st.st_mtime_ns)
+    return Track(path, st.st_size, st.st_mtime_ns)

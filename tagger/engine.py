@@ -11,6 +11,7 @@ predicted track and ``(TrackResult, None)`` for a track that failed before infer
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -51,18 +52,32 @@ class LocalEngine:
     def __init__(self, classifier, settings: ScanSettings):
         self.classifier = classifier
         self.settings = settings
-        self.batch_size = settings.batch_size or default_batch_size(classifier.device)
 
     def predictions(self, tracks: Iterable[Track]) -> Iterator[tuple]:
+        tracks = pending(tracks)
+        if tracks is None:  # nothing to predict: the model need not even be loaded
+            return
         rate, max_windows = self.classifier.sampling_rate, self.settings.max_windows
+        batch_size = self.settings.batch_size or default_batch_size(self.classifier.device)
         decoded = bounded_map(lambda t: decode_or_fail(t, rate, max_windows), tracks,
                               self.settings.workers, timeout=self.settings.decode_timeout,
                               on_timeout=self._timed_out)
-        yield from predict_in_batches(decoded, self.classifier.predict, self.batch_size)
+        yield from predict_in_batches(decoded, self.classifier.predict, batch_size)
 
     def _timed_out(self, track: Track) -> TrackResult:
         return failed_result(track, f"decoding took longer than {self.settings.decode_timeout:g} s "
                                     "(file hangs or is unreadable); skipped")
+
+
+def pending(items: Iterable) -> Iterator | None:
+    """``items`` as an iterator, or None if it is empty. Taking the first item runs the pipeline's cache
+    check up to the first track that needs predicting, so an engine knows whether to load anything."""
+    items = iter(items)
+    first = next(items, _NOTHING)
+    return None if first is _NOTHING else itertools.chain([first], items)
+
+
+_NOTHING = object()
 
 
 def bounded_map(fn: Callable, items: Iterable, workers: int, *, timeout: float | None = None,

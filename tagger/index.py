@@ -27,6 +27,9 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+LOOKUP_CHUNK = 500  # paths per query; SQLite builds before 3.32 allow at most 999 parameters
+CACHE_COLUMNS = ("path", "size", "mtime_ns", "status", "written", "labels", "scores")
+"""What a scan needs of a stored prediction to skip its track, or to write it from the cache."""
 
 
 def now() -> float:
@@ -111,12 +114,17 @@ class Index:
         return list(self.db.query(f"select * from runs {where} order by id desc", args))
 
     # -- cache ----------------------------------------------------------------------------------------
-    def cached_prediction(self, path: str, fingerprint: str) -> dict | None:
-        """The stored prediction for this file and model, or None."""
-        rows = self.db.execute(
-            "select * from predictions where path = ? and fingerprint = ?", [path_key(path), fingerprint])
-        row = rows.fetchone()
-        return dict(zip([c[0] for c in rows.description], row)) if row else None
+    def cached_predictions(self, paths: list[str], fingerprint: str) -> dict[str, dict]:
+        """The stored predictions of this model for ``paths``, by :func:`path_key`, in one query per
+        ``LOOKUP_CHUNK`` paths: a rescan of 100,000 tracks asks 200 questions, not 100,000."""
+        found = {}
+        keys = [path_key(p) for p in paths]
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start:start + LOOKUP_CHUNK]
+            rows = self.db.execute(f"select {', '.join(CACHE_COLUMNS)} from predictions where fingerprint = ? "
+                                   f"and path in ({', '.join('?' * len(chunk))})", [fingerprint, *chunk])
+            found.update((row[0], dict(zip(CACHE_COLUMNS, row))) for row in rows)
+        return found
 
     def track(self, path: str) -> dict | None:
         rows = list(self.db.query("select * from tracks where path = ?", [path_key(path)]))

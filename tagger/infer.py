@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
@@ -96,11 +97,26 @@ def autocast(device, precision: str):
 
 
 def load_classifier(model: str | None = None, device: str = "auto", precision: str = "auto",
-                    labels: str | None = None):
-    """Load the classifier for ``model`` (see :func:`resolve_model_name`), once per scan."""
+                    labels: str | None = None, *, deferred: bool = False):
+    """Load the classifier for ``model`` (see :func:`resolve_model_name`), once per scan.
+
+    ``deferred``: where the model's identity can be read from its files alone (built-in models, local
+    checkpoint folders), return a :class:`DeferredClassifier` that loads torch and the network only
+    when something is first predicted — a rescan of an unchanged library then never does.
+    """
+    name = resolve_model_name(model)
+    if deferred and (identity := model_identity(name)):
+        if labels:  # a bad label map fails now, not at the first prediction
+            from .labels import load_label_map
+
+            load_label_map(labels)
+        return DeferredClassifier(identity, lambda: load_classifier(name, device, precision, labels))
+    return _load_now(name, device, precision, labels)
+
+
+def _load_now(name: str, device: str, precision: str, labels: str | None):
     from .labels import load_label_map
 
-    name = resolve_model_name(model)
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     if name.startswith("builtin:"):
@@ -110,6 +126,96 @@ def load_classifier(model: str | None = None, device: str = "auto", precision: s
     if labels:
         classifier.label_map = load_label_map(labels)
     return classifier
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the index needs of a model to tell which tracks it has already predicted."""
+
+    model_id: str
+    fingerprint: str
+    labels: list[str]
+    default_min_confidence: float
+    sampling_rate: int | None = None  # where the files say it: a Ray driver then never loads the model
+
+
+def model_identity(name: str) -> ModelIdentity | None:
+    """The identity of the model ``name`` read from its files, without torch or transformers; None for
+    models only loading can identify (hub ids, whose snapshot the hub library resolves)."""
+    if name.startswith("builtin:"):
+        try:
+            config, weights = read_builtin(name.removeprefix("builtin:"))
+        except ModelError:
+            return None  # loading reports it, naming the models there are
+        return ModelIdentity(name, builtin_fingerprint(weights), list(config["labels"]),
+                             float(config["default_min_confidence"]), int(config["sample_rate"]))
+    folder = Path(name).expanduser()
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        id2label = {int(k): v for k, v in config["id2label"].items()}
+        labels = [id2label[i] for i in range(len(id2label))]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None  # not a checkpoint folder, or a broken one: loading says which
+    try:
+        rate = int(json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))["sampling_rate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        rate = None
+    return ModelIdentity(name, weights_fingerprint(folder), labels,
+                         config.get("genretag_min_confidence") or FALLBACK_MIN_CONFIDENCE, rate)
+
+
+class DeferredClassifier:
+    """A classifier that knows its identity at once and loads its network on first use.
+
+    Everything but the identity (``predict``, ``sampling_rate``, ``device``, ``label_map`` …) is the
+    loaded classifier's; the load checks that the weights are still the ones the identity was read from.
+    """
+
+    def __init__(self, identity: ModelIdentity, load):
+        self.model_id = identity.model_id
+        self.fingerprint = identity.fingerprint
+        self.labels = identity.labels
+        self.default_min_confidence = identity.default_min_confidence
+        if identity.sampling_rate:
+            self.sampling_rate = identity.sampling_rate
+        self._load = load
+        self._loaded = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def classifier(self):
+        """The loaded classifier (loading it the first time)."""
+        if self._loaded is None:
+            classifier = self._load()
+            if classifier.fingerprint != self.fingerprint:
+                raise ModelError(f"model '{self.model_id}' changed on disk after the scan started (weights "
+                                 f"fingerprint {self.fingerprint}, now {classifier.fingerprint}); scan again")
+            self._loaded = classifier
+        return self._loaded
+
+    def __getattr__(self, name: str):  # only reached for what the identity does not hold
+        if name.startswith("__") or name in ("_load", "_loaded"):
+            raise AttributeError(name)
+        return getattr(self.classifier(), name)
+
+
+def read_builtin(name: str) -> tuple[dict, bytes]:
+    """A built-in model's config.json and model.safetensors bytes, from the package (a wheel or a zip
+    too). Torch-free, so a scan can identify the model without loading it."""
+    from importlib import resources
+
+    folder = resources.files("tagger") / "builtin" / name
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return config, (folder / "model.safetensors").read_bytes()
+    except (OSError, ValueError) as err:
+        raise ModelError(f"builtin:{name}: model files missing or unreadable ({err})") from None
+
+
+def builtin_fingerprint(weights: bytes) -> str:
+    return hashlib.sha256(weights).hexdigest()[:16]
 
 
 def _load_builtin(name: str, device, precision: str):

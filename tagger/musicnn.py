@@ -35,11 +35,8 @@ Precision: "fp32" is IEEE float32 also on CUDA (TF32 is switched off around the 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from contextlib import contextmanager
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
@@ -48,6 +45,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from .errors import ModelError
+from .infer import builtin_fingerprint, read_builtin
 from .labels import LabelMap, builtin_label_map
 
 SAMPLE_RATE = 16000
@@ -308,7 +306,7 @@ class MusicnnClassifier:
     def __init__(self, name: str, model: Musicnn, config: dict, weights: bytes,
                  device: torch.device, precision: str):
         self.model_id = f"builtin:{name}"
-        self.fingerprint = hashlib.sha256(weights).hexdigest()[:16]
+        self.fingerprint = builtin_fingerprint(weights)
         self.sampling_rate = int(config["sample_rate"])
         self.labels = list(config["labels"])
         self.multi_label = bool(config["multi_label"])
@@ -353,16 +351,6 @@ class MusicnnClassifier:
             return (sums / counts[:, None]).cpu()
 
 
-def _read_builtin(name: str) -> tuple[dict, bytes]:
-    """config.json and model.safetensors bytes from the package (works from a wheel or a zip too)."""
-    folder = resources.files("tagger") / "builtin" / name
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        return config, (folder / "model.safetensors").read_bytes()
-    except (OSError, ValueError) as err:
-        raise ModelError(f"builtin:{name}: model files missing or unreadable ({err})") from None
-
-
 def build_model(config: dict, weights: bytes) -> Musicnn:
     """A Musicnn with the architecture named in ``config`` and the given safetensors weights."""
     arch = config["architecture"]
@@ -387,7 +375,7 @@ def load_builtin(name: str, device: str | torch.device = "cpu", precision: str =
         raise ModelError("CUDA was requested but is not available")
     if precision == "fp16" and device.type != "cuda":
         raise ModelError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    config, weights = _read_builtin(name)
+    config, weights = read_builtin(name)
     try:
         model = build_model(config, weights)
     except (KeyError, RuntimeError, ValueError) as err:

@@ -5,10 +5,11 @@ users who want genres for files or arrays without an index.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from .aggregate import choose_genres, rank_labels
@@ -17,11 +18,15 @@ from .decode import decode_file, windows_from_array
 from .discover import discover
 from .engine import LocalEngine, default_batch_size
 from .errors import FileChanged, FileError, GenretagError
+from .index import path_key
 from .records import ABSTAINED, FAILED, OK, SKIPPED, DecodedTrack, Track, TrackResult
 from .settings import ScanSettings
 
 INDEX_FLUSH_RESULTS = 64
 INDEX_FLUSH_SECONDS = 2.0
+CACHE_CHUNK = 2000
+"""Tracks whose cached predictions are looked up together; a chunk is checked only as the engine asks
+for more tracks, so writes from the cache interleave with predictions as before."""
 
 
 @dataclass
@@ -61,7 +66,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     started = time.perf_counter()
     root = os.path.abspath(root)  # the index and the undo journal key files by absolute path
     classifier = classifier or load_classifier(settings.model, settings.device, settings.precision,
-                                               settings.labels)
+                                               settings.labels, deferred=True)
     summary = ScanSummary(model_id=classifier.model_id)
     with Index(settings.db_path()) as index:
         index.note_model(classifier.model_id, classifier.fingerprint, classifier.labels)
@@ -114,9 +119,17 @@ class _Scan:
 
     # -- stages ---------------------------------------------------------------------------------------
     def run(self, tracks: Iterable[Track], requeued: bool = False) -> None:
-        todo = (t for t in tracks if not self._served_from_cache(t, requeued))
-        for item, probs in self.engine.predictions(todo):
+        for item, probs in self.engine.predictions(self._to_predict(tracks, requeued)):
             self._finish(self._result(item, probs))
+
+    def _to_predict(self, tracks: Iterable[Track], requeued: bool) -> Iterator[Track]:
+        """The tracks the cache does not serve, looked up in the index a chunk at a time."""
+        use_cache = requeued or not self.settings.rescan
+        tracks = iter(tracks)
+        while chunk := list(itertools.islice(tracks, CACHE_CHUNK)):
+            cached = (self.index.cached_predictions([t.path for t in chunk], self.classifier.fingerprint)
+                      if use_cache else {})
+            yield from (t for t in chunk if not self._served_from_cache(t, cached.get(path_key(t.path))))
 
     def _result(self, item, probs) -> TrackResult:
         if probs is None:
@@ -127,12 +140,9 @@ class _Scan:
             self._write(result)
         return result
 
-    def _served_from_cache(self, track: Track, requeued: bool) -> bool:
-        """An unchanged track already predicted by this model is skipped (and, if asked, tagged from
-        the cached prediction)."""
-        if self.settings.rescan and not requeued:
-            return False
-        row = self.index.cached_prediction(track.path, self.classifier.fingerprint)
+    def _served_from_cache(self, track: Track, row: dict | None) -> bool:
+        """An unchanged track already predicted by this model (``row``) is skipped (and, if asked,
+        tagged from the cached prediction)."""
         if not row or (row["size"], row["mtime_ns"]) != (track.size, track.mtime_ns):
             return False
         self.summary.skipped += 1

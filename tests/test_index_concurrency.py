@@ -66,6 +66,26 @@ def query(db: Path, sql: str, args=()) -> list[tuple]:
         conn.close()
 
 
+# -- lookups ----------------------------------------------------------------------------------------------
+def test_cached_predictions_answers_for_many_paths_and_only_for_one_model(tmp_path):
+    """More paths than one query takes, two models, a name that is not UTF-8: each path gets its own
+    model's row or none."""
+    from tagger.records import OK, TrackResult
+
+    count = 2 * tagger.index.LOOKUP_CHUNK + 7
+    paths = [f"/music/{i:05d}.flac" for i in range(count)] + [os.fsdecode(b"/music/caf\xe9.mp3")]
+    with Index(tmp_path / "i.db") as index:
+        run = index.start_run("scan")
+        for fingerprint, label in (("a" * 16, "rock"), ("b" * 16, "jazz")):
+            index.record_results([TrackResult(p, OK, labels=[label], scores=[0.5], size=i, mtime_ns=i)
+                                  for i, p in enumerate(paths) if i % 3], "m", fingerprint, run)
+        asked = [*paths, "/music/never-scanned.mp3"]
+        found = index.cached_predictions(asked, "a" * 16)
+    expected = {tagger.index.path_key(p): i for i, p in enumerate(paths) if i % 3}
+    assert {k: row["size"] for k, row in found.items()} == expected
+    assert {row["labels"] for row in found.values()} == {'["rock"]'}
+
+
 # -- versions ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))

@@ -1,6 +1,7 @@
 """`genretag scan` end to end: real tiny models, real audio files, the real SQLite index."""
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from tagger import ScanSettings, Tagger, tag_folder
 from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.errors import ModelError
-from tagger.infer import load_classifier
+from tagger.infer import DeferredClassifier, load_classifier
 
 TRACKS = 8
 
@@ -74,6 +75,38 @@ def test_unchanged_rescan_predicts_nothing_and_changes_are_seen(library, tmp_pat
     forced = tag_folder(library, settings(tmp_path, tiny_ast, rescan=True))
     assert forced.scanned == TRACKS
     assert first.run_id < again.run_id < third.run_id
+
+
+@pytest.mark.parametrize("model", ["tiny_wav2vec2", "builtin:musicnn-msd"])
+def test_a_rescan_with_nothing_to_predict_never_loads_the_model(library, tmp_path, request, model):
+    """Only the model's identity is read (config and weights' fingerprint): a real `genretag scan` that
+    skips every track imports neither torch nor transformers, and one changed track loads the model."""
+    model = str(request.getfixturevalue(model)) if model == "tiny_wav2vec2" else model
+    db = tmp_path / "index.db"
+    tag_folder(library, settings(tmp_path, model))
+    code = ("import sys; from tagger.cli import main; sys.argv = ['genretag', 'scan', *sys.argv[1:]]\n"
+            "try:\n    main()\nfinally:\n    print(sorted({'torch', 'transformers', 'torchcodec'} & set(sys.modules)))")
+    run = [sys.executable, "-c", code, str(library), "--model", model, "--db", str(db), "--min-confidence", "0"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    assert f"Scanned 0, skipped (unchanged) {TRACKS}," in proc.stderr
+    touched = next(library.rglob("*.ogg"))
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "torch" in proc.stdout, proc.stdout + proc.stderr
+    assert f"Scanned 1, skipped (unchanged) {TRACKS - 1}," in proc.stderr
+
+
+def test_a_checkpoint_replaced_after_the_scan_started_is_refused(library, tmp_path, tiny_wav2vec2):
+    """The identity (fingerprint) the index keys predictions by is read before the weights load; if they
+    differ by then, the scan stops rather than file predictions under the wrong model."""
+    model = Path(shutil.copytree(tiny_wav2vec2, tmp_path / "model"))
+    classifier = load_classifier(str(model), deferred=True)
+    assert isinstance(classifier, DeferredClassifier) and not classifier.loaded
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ModelError, match="changed on disk after the scan started"):
+        tag_folder(library, settings(tmp_path, model), classifier=classifier)
 
 
 def test_dry_run_touches_no_file(library, tmp_path, tiny_wav2vec2):
