@@ -106,12 +106,19 @@ def load_classifier(model: str | None = None, device: str = "auto", precision: s
     """
     name = resolve_model_name(model)
     if deferred and (identity := model_identity(name)):
-        if labels:  # a bad label map fails now, not at the first prediction
-            from .labels import load_label_map
-
-            load_label_map(labels)
-        return DeferredClassifier(identity, lambda: load_classifier(name, device, precision, labels))
+        return DeferredClassifier(identity, default_label_map(name, labels),
+                                  lambda: load_classifier(name, device, precision, labels))
     return _load_now(name, device, precision, labels)
+
+
+def default_label_map(name: str, labels: str | None):
+    """``--labels FILE`` if given, else the built-in model's own map, else every label kept as is: what
+    a loaded classifier's ``label_map`` is."""
+    from .labels import builtin_label_map, identity_map, load_label_map
+
+    if labels:
+        return load_label_map(labels)
+    return builtin_label_map(name.removeprefix("builtin:")) if name.startswith("builtin:") else identity_map()
 
 
 def _load_now(name: str, device: str, precision: str, labels: str | None):
@@ -167,12 +174,13 @@ def model_identity(name: str) -> ModelIdentity | None:
 class DeferredClassifier:
     """A classifier that knows its identity at once and loads its network on first use.
 
-    Everything but the identity (``predict``, ``sampling_rate``, ``device``, ``label_map`` …) is the
-    loaded classifier's; the load checks that the weights are still the ones the identity was read from.
+    Everything but the identity and the label map (``predict``, ``device`` …) is the loaded
+    classifier's; the load checks that the weights are still the ones the identity was read from.
     """
 
-    def __init__(self, identity: ModelIdentity, load):
+    def __init__(self, identity: ModelIdentity, label_map, load):
         self.model_id = identity.model_id
+        self.label_map = label_map  # the driver of a Ray scan aggregates with it and loads no model
         self.fingerprint = identity.fingerprint
         self.labels = identity.labels
         self.default_min_confidence = identity.default_min_confidence
