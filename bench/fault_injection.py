@@ -378,6 +378,9 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
             log(f"run finished before its kill ({delay:.1f} s), rc {rc}; undoing everything for a new epoch")
             undo_all(f"epoch {epochs}")
             epochs += 1
+            # A fresh index makes the next epoch predict again: tagging the whole library from cached
+            # predictions takes about a second (the model is never loaded), too short for a kill.
+            db = work / f"index-epoch{epochs}.db"
         # stale temps stay in place: no later scan may index (or tag) them
         for t in [p for p in lib.rglob("*") if p.is_file() and is_temp_name(p.name)]:
             try:

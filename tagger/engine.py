@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 from .batching import predict_in_batches
 from .decode import decode_track
@@ -36,10 +37,21 @@ def decode_or_fail(track: Track, sample_rate: int, max_windows: int):
         return decode_track(track, sample_rate, max_windows)
     except FileError as err:
         return failed_result(track, err.reason)
+    except Exception as exc:  # a decoder fault on one odd file must not end the scan of all the others
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:200].removesuffix(":")
+        return failed_result(track, f"decoding failed unexpectedly ({text})")
 
 
-def failed_result(track: Track, reason: str) -> TrackResult:
-    return TrackResult(track.path, FAILED, error=reason, size=track.size, mtime_ns=track.mtime_ns)
+def failed_result(track: Track, reason: str, retry: bool = False) -> TrackResult:
+    return TrackResult(track.path, FAILED, error=reason, size=track.size, mtime_ns=track.mtime_ns,
+                       retry=retry)
+
+
+def timed_out_result(track: Track, timeout: float) -> TrackResult:
+    """A decode given up after ``timeout`` seconds. Marked for retry: a share that stopped answering
+    may answer next time, and the file itself may be fine."""
+    return failed_result(track, f"decoding took longer than {timeout:g} s (file hangs or is unreadable); "
+                                "skipped", retry=True)
 
 
 class LocalEngine:
@@ -61,12 +73,9 @@ class LocalEngine:
         batch_size = self.settings.batch_size or default_batch_size(self.classifier.device)
         decoded = bounded_map(lambda t: decode_or_fail(t, rate, max_windows), tracks,
                               self.settings.workers, timeout=self.settings.decode_timeout,
-                              on_timeout=self._timed_out)
+                              on_timeout=partial(timed_out_result, timeout=self.settings.decode_timeout))
         yield from predict_in_batches(decoded, self.classifier.predict, batch_size)
 
-    def _timed_out(self, track: Track) -> TrackResult:
-        return failed_result(track, f"decoding took longer than {self.settings.decode_timeout:g} s "
-                                    "(file hangs or is unreadable); skipped")
 
 
 def pending(items: Iterable) -> Iterator | None:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from functools import partial
 
 from .batching import predict_in_batches
-from .engine import bounded_map, decode_or_fail, default_batch_size, failed_result
+from .engine import bounded_map, decode_or_fail, default_batch_size, failed_result, timed_out_result
 from .errors import GenretagError, ModelError
 from .records import DecodedTrack, Track, TrackResult
 from .settings import ScanSettings
@@ -139,20 +139,15 @@ def decode_row(row: dict, sample_rate: int, max_windows: int, timeout: float) ->
     import numpy as np
 
     track = _track(row)
-    on_timeout = partial(_timed_out, timeout=timeout)
+    on_timeout = partial(timed_out_result, timeout=timeout)
     item = next(bounded_map(partial(decode_or_fail, sample_rate=sample_rate, max_windows=max_windows),
                             [track], 1, timeout=timeout, on_timeout=on_timeout))
     if isinstance(item, TrackResult):
-        return {**row, "error": os.fsencode(item.error), "windows": np.zeros((0, 0), np.float32),
+        return {**row, "error": os.fsencode(item.error), "retry": item.retry, "windows": np.zeros((0, 0), np.float32),
                 "lengths": np.zeros(0, np.int64), "starts": np.zeros(0), "duration": 0.0, "codec": ""}
-    return {**row, "error": b"", "windows": item.windows.numpy(), "lengths": item.lengths.numpy(),
+    return {**row, "error": b"", "retry": False, "windows": item.windows.numpy(), "lengths": item.lengths.numpy(),
             "starts": np.asarray(item.starts, dtype=np.float64), "duration": float(item.duration),
             "codec": item.codec or ""}
-
-
-def _timed_out(track: Track, timeout: float) -> TrackResult:
-    return failed_result(track, f"decoding took longer than {timeout:g} s (file hangs or is unreadable); "
-                                "skipped")
 
 
 class Predictor:
@@ -184,7 +179,7 @@ class Predictor:
         empty = np.zeros((0, len(self.classifier.labels)), np.float32)
         for i, (_, p) in enumerate(predict_in_batches(items, self.classifier.predict, self.batch_size)):
             probs[i] = empty if p is None else p.float().numpy()
-        keep = ("path", "size", "mtime_ns", "error", "starts", "duration", "codec")
+        keep = ("path", "size", "mtime_ns", "error", "retry", "starts", "duration", "codec")
         return {**{k: batch[k] for k in keep}, "probs": probs}
 
 
@@ -203,7 +198,7 @@ def _from_row(row: dict) -> tuple:
 
     track = _track(row)
     if row["error"]:
-        return failed_result(track, os.fsdecode(row["error"])), None
+        return failed_result(track, os.fsdecode(row["error"]), bool(row["retry"])), None
     decoded = DecodedTrack(track, torch.zeros(0), torch.zeros(0, dtype=torch.long),
                            [float(s) for s in row["starts"]], float(row["duration"]), row["codec"] or None)
     return decoded, torch.tensor(row["probs"])

@@ -147,9 +147,11 @@ class Index:
                 track.update(genres=json.dumps(r.tags.get("genres", [])), artist=r.tags.get("artist"),
                              album=r.tags.get("album"), title=r.tags.get("title"))
             tracks.append(track)
+            # A failure to retry is stored against no version of the file, so no scan serves it from cache.
+            version = (None, None) if r.retry else (r.size, r.mtime_ns)
             predictions.append({
-                "path": key, "fingerprint": fingerprint, "model_id": model_id, "size": r.size,
-                "mtime_ns": r.mtime_ns, "status": r.status, "labels": json.dumps(r.labels),
+                "path": key, "fingerprint": fingerprint, "model_id": model_id, "size": version[0],
+                "mtime_ns": version[1], "status": r.status, "labels": json.dumps(r.labels),
                 "scores": json.dumps(r.scores), "ranking": json.dumps(r.ranking[:10]),
                 "window_labels": json.dumps(r.window_labels), "windows": r.windows, "error": r.error,
                 "written": int(r.written), "run_id": run_id, "created_at": stamp})

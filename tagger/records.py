@@ -49,6 +49,7 @@ class TrackResult:
     mtime_ns: int | None = None
     tags: dict | None = None  # genres/artist/album/title read from the file before any write
     written: bool = False
+    retry: bool = False  # a failure the next scan tries again (a decode that timed out), not one it skips
 
     def as_json(self) -> dict:
         """The ``--json`` line for this track."""

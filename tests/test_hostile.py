@@ -235,6 +235,7 @@ def test_a_fifo_swapped_in_after_discovery_times_out(tmp_path, classifier):
     lib = tmp_path / "lib"
     files = make_files(lib, ["a.flac", "b.mp3", "c.flac"])
     victim = lib / "b.mp3"
+    original, st = victim.read_bytes(), victim.stat()
 
     def swap(count: int) -> None:
         victim.unlink()
@@ -251,6 +252,34 @@ def test_a_fifo_swapped_in_after_discovery_times_out(tmp_path, classifier):
     assert results["b.mp3"].status == "failed"
     assert results["b.mp3"].error.startswith("decoding took longer than 2 s")
     assert [results[p.name].status for p in files if p != victim] == ["ok", "ok"]
+    assert (summary.tagged, summary.failed, summary.written) == (2, 1, 2)
+    # The share answers again, with the very file discovery saw: a timeout is retried, not cached.
+    victim.unlink()
+    victim.write_bytes(original)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = tag_folder(lib, scan_settings(tmp_path, decode_timeout=2), classifier=classifier, keep_results=True)
+    assert (again.scanned, again.skipped, again.tagged) == (1, 2, 1)
+    assert by_name(again)["b.mp3"].status == "ok" and read_genres(victim) == by_name(again)["b.mp3"].labels
+
+
+def test_an_unexpected_decoder_fault_fails_that_file_only(tmp_path, classifier, monkeypatch):
+    """Not a bad file but a fault in the decoding stack itself (here injected): the file fails with the
+    exception named, and the scan goes on."""
+    import tagger.engine
+
+    lib = tmp_path / "lib"
+    make_files(lib, ["a.flac", "b.mp3", "c.flac"])
+    decode = tagger.engine.decode_track
+
+    def faulty(track, *args, **kwargs):
+        if track.path.endswith("b.mp3"):
+            raise IndexError("index 3 is out of bounds")
+        return decode(track, *args, **kwargs)
+
+    monkeypatch.setattr(tagger.engine, "decode_track", faulty)
+    summary = tag_folder(lib, scan_settings(tmp_path), classifier=classifier, keep_results=True)
+    results = by_name(summary)
+    assert results["b.mp3"].error == "decoding failed unexpectedly (IndexError: index 3 is out of bounds)"
     assert (summary.tagged, summary.failed, summary.written) == (2, 1, 2)
 
 
