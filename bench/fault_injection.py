@@ -426,7 +426,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
     # targeted: SIGKILL exactly between a file's os.replace and the completion of its tag_writes row
     undo_all("before targeted kill")
     hook = ("import os, signal, sys, tagger.index as ix\n"
-            "ix.Index.complete_tag_write = lambda self, write_id, change: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "ix.Index.complete_tag_write = lambda self, *args: os.kill(os.getpid(), signal.SIGKILL)\n"
             "from tagger.cli import cli\n"
             "sys.argv = ['genretag'] + sys.argv[1:]\ncli()\n")
     targeted_cmd = [sys.executable, "-c", hook] + scan_cmd(lib, model, db)[1:]

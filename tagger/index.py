@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from collections.abc import Iterable
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 LOOKUP_CHUNK = 500  # paths per query; SQLite builds before 3.32 allow at most 999 parameters
 CACHE_COLUMNS = ("path", "size", "mtime_ns", "status", "written", "labels", "scores")
@@ -133,6 +133,10 @@ class Index:
     # -- writing results ------------------------------------------------------------------------------
     def record_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int) -> None:
         """Store a batch of :class:`TrackResult` in one transaction."""
+        with self._tx():
+            self._upsert_results(results, model_id, fingerprint, run_id)
+
+    def _upsert_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int) -> None:
         stamp = now()
         tracks, predictions = [], []
         for r in results:
@@ -155,9 +159,8 @@ class Index:
                 "scores": json.dumps(r.scores), "ranking": json.dumps(r.ranking[:10]),
                 "window_labels": json.dumps(r.window_labels), "windows": r.windows, "error": r.error,
                 "written": int(r.written), "run_id": run_id, "created_at": stamp})
-        with self._tx():
-            self.db["tracks"].upsert_all(tracks, pk="path", alter=True)
-            self.db["predictions"].upsert_all(predictions, pk=("path", "fingerprint"))
+        self.db["tracks"].upsert_all(tracks, pk="path", alter=True)
+        self.db["predictions"].upsert_all(predictions, pk=("path", "fingerprint"))
 
     def note_model(self, model_id: str, fingerprint: str, labels: list[str]) -> None:
         stamp = now()
@@ -168,25 +171,49 @@ class Index:
                 "model_id = excluded.model_id", [fingerprint, model_id, json.dumps(labels), stamp, stamp])
 
     def journal_intent(self, run_id: int, path: str, before: dict, old_genres: list[str],
-                       new_genres: list[str]) -> int:
+                       new_genres: list[str], prediction: tuple | None = None) -> int:
         """Journal a tag write *before* it happens (write-ahead), so that a crash between the file's
         replacement and the journal's commit still leaves the previous tags undoable. Until
         :meth:`complete_tag_write` runs, ``written_at`` is NULL; ``undo`` restores such a row too, which
-        changes nothing if the write never reached the file."""
+        changes nothing if the write never reached the file.
+
+        ``prediction``, ``(TrackResult, model_id, fingerprint)``, is committed in the same transaction:
+        a crash during the write then leaves the file's prediction in the index, so the next scan writes
+        it from the cache instead of predicting the file again."""
         with self._tx():
+            if prediction is not None:
+                result, model_id, fingerprint = prediction
+                self._upsert_results([result], model_id, fingerprint, run_id)
             return self.db["tag_writes"].insert({
                 "run_id": run_id, "path": path_key(path), "raw_path": os.fsencode(path),
                 "before": json.dumps(before), "after": None, "old_genres": json.dumps(old_genres),
                 "new_genres": json.dumps(new_genres), "written_at": None, "undone_at": None,
                 "undo_run_id": None}).last_pk
 
-    def complete_tag_write(self, write_id: int, change) -> None:
-        """The write (a :class:`tagger.tags.TagChange`) reached the file."""
+    def complete_tag_write(self, write_id: int, change, fingerprint: str, size: int, mtime_ns: int) -> None:
+        """The write (a :class:`tagger.tags.TagChange`) reached the file, which now has this stat: the
+        journal and the prediction's file version are brought up to date in one transaction."""
         with self._tx():
             self.db["tag_writes"].update(write_id, {
                 "before": json.dumps(change.before), "after": json.dumps(change.after),
                 "old_genres": json.dumps(change.old_genres), "new_genres": json.dumps(change.new_genres),
                 "written_at": now()})
+            self._mark_written(change.path, fingerprint, size, mtime_ns, change.new_genres)
+
+    def note_pending_write(self, write_id: int, size: int, mtime_ns: int) -> None:
+        """The written copy is complete and about to replace the file; this will be the file's stat."""
+        with self._tx():
+            self.db["tag_writes"].update(write_id, {"pending_size": size, "pending_mtime_ns": mtime_ns})
+
+    def unfinished_write(self, path: str, fingerprint: str) -> dict | None:
+        """The latest write to ``path`` by a scan with this model that was journaled but never
+        completed (the scan was killed), or None."""
+        rows = self.db.execute(
+            "select w.* from tag_writes w join runs r on r.id = w.run_id where w.path = ? and "
+            "w.written_at is null and w.undone_at is null and r.fingerprint = ? order by w.id desc limit 1",
+            [path_key(path), fingerprint])
+        row = rows.fetchone()
+        return dict(zip([c[0] for c in rows.description], row)) if row else None
 
     def discard_tag_write(self, write_id: int) -> None:
         """The write did not happen (nothing to change, or it failed and left the file as it was)."""
@@ -194,13 +221,17 @@ class Index:
             self.db["tag_writes"].delete(write_id)
 
     def mark_written(self, path: str, fingerprint: str, size: int, mtime_ns: int, genres: list[str]) -> None:
-        """After a tag write the file has a new stat: remember it, so the next scan sees it unchanged."""
-        key = path_key(path)
+        """The file holds the predicted genres (written, or already there) at this stat: remember it, so
+        the next scan sees the file unchanged and has nothing to write."""
         with self._tx():
-            self.db.execute("update predictions set written = 1, size = ?, mtime_ns = ? "
-                            "where path = ? and fingerprint = ?", [size, mtime_ns, key, fingerprint])
-            self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
-                            [size, mtime_ns, json.dumps(genres), key])
+            self._mark_written(path, fingerprint, size, mtime_ns, genres)
+
+    def _mark_written(self, path: str, fingerprint: str, size: int, mtime_ns: int, genres: list[str]) -> None:
+        key = path_key(path)
+        self.db.execute("update predictions set written = 1, size = ?, mtime_ns = ? "
+                        "where path = ? and fingerprint = ?", [size, mtime_ns, key, fingerprint])
+        self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
+                        [size, mtime_ns, json.dumps(genres), key])
 
     # -- undo -----------------------------------------------------------------------------------------
     def writes_to_undo(self, run_id: int | None = None, paths: list[str] | None = None) -> list[dict]:
@@ -261,4 +292,12 @@ def _schema_1(db) -> None:
     db["tag_writes"].create_index(["path"], if_not_exists=True)
 
 
-MIGRATIONS = {0: _schema_1}
+def _schema_2(db) -> None:
+    """``tag_writes.pending_size`` / ``pending_mtime_ns``: the stat a file will have once written, noted
+    just before it is replaced, so that a scan killed between the replace and the journal's completion
+    is recognised as written by the next scan, which then neither predicts nor writes the file again."""
+    db["tag_writes"].add_column("pending_size", int)
+    db["tag_writes"].add_column("pending_mtime_ns", int)
+
+
+MIGRATIONS = {0: _schema_1, 1: _schema_2}

@@ -143,19 +143,44 @@ class _Scan:
     def _served_from_cache(self, track: Track, row: dict | None) -> bool:
         """An unchanged track already predicted by this model (``row``) is skipped (and, if asked,
         tagged from the cached prediction)."""
-        if not row or (row["size"], row["mtime_ns"]) != (track.size, track.mtime_ns):
+        if not row:
             return False
+        if (row["size"], row["mtime_ns"]) != (track.size, track.mtime_ns):
+            if not self._completed_interrupted_write(track):
+                return False
+            row = {**row, "written": 1}
         self.summary.skipped += 1
         if (self.settings.write_tags and not self.settings.dry_run and row["status"] == OK
                 and not row["written"]):
             result = TrackResult(track.path, OK, labels=json.loads(row["labels"]),
                                  scores=json.loads(row["scores"]), size=track.size, mtime_ns=track.mtime_ns)
-            self._write(result)
+            self._write(result, fresh=False)
             if result.written:
                 self.summary.tagged += 1
         return True
 
-    def _write(self, result: TrackResult) -> None:
+    def _completed_interrupted_write(self, track: Track) -> bool:
+        """True if ``track`` changed only because a killed scan with this model replaced it with its
+        written copy: the journal noted that copy's stat, the file has it, so the write reached the
+        file. The journal entry is completed from what the file holds now, and the track is not
+        predicted (nor written) again."""
+        from . import tags
+
+        pending = self.index.unfinished_write(track.path, self.classifier.fingerprint)
+        if not pending or (pending["pending_size"], pending["pending_mtime_ns"]) != (track.size, track.mtime_ns):
+            return False
+        try:
+            change = tags.TagChange(track.path, json.loads(pending["old_genres"]), tags.read_genres(track.path),
+                                    json.loads(pending["before"]), tags.snapshot_genres(track.path), True)
+        except GenretagError:
+            return False
+        self.index.complete_tag_write(pending["id"], change, self.classifier.fingerprint, track.size,
+                                      track.mtime_ns)
+        return True
+
+    def _write(self, result: TrackResult, fresh: bool = True) -> None:
+        """Write ``result``'s genres into its file, journaled ahead. ``fresh``: predicted in this run,
+        so its prediction is committed with the journal entry (a cached one is in the index already)."""
         from . import tags
 
         provenance = None
@@ -163,14 +188,16 @@ class _Scan:
             provenance = (f"model={self.classifier.model_id};fp={self.classifier.fingerprint};"
                           f"score={result.scores[0]:.4f};labels={','.join(result.labels)}")
         journal_id = None
+        fp = self.classifier.fingerprint
         try:
-            journal_id = self.index.journal_intent(self.summary.run_id, result.path,
-                                                   tags.snapshot_genres(result.path),
-                                                   tags.read_genres(result.path), result.labels)
+            journal_id = self.index.journal_intent(
+                self.summary.run_id, result.path, tags.snapshot_genres(result.path), tags.read_genres(result.path),
+                result.labels, prediction=(result, self.classifier.model_id, fp) if fresh else None)
             change = tags.write_genres(
                 result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
-                expected=(result.size, result.mtime_ns))
+                expected=(result.size, result.mtime_ns),
+                before_replace=lambda size, mtime_ns: self.index.note_pending_write(journal_id, size, mtime_ns))
         except GenretagError as err:
             if journal_id is not None:
                 self.index.discard_tag_write(journal_id)
@@ -180,14 +207,13 @@ class _Scan:
             result.tags["genres"] = list(change.new_genres)
         if not change.written:
             self.index.discard_tag_write(journal_id)
-        else:
-            self.index.complete_tag_write(journal_id, change)
-            st = os.stat(result.path)
-            result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
-            result.written = True
-            self.summary.written += 1
-        self.index.mark_written(result.path, self.classifier.fingerprint, result.size, result.mtime_ns,
-                                change.new_genres)
+            self.index.mark_written(result.path, fp, result.size, result.mtime_ns, change.new_genres)
+            return
+        st = os.stat(result.path)
+        result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
+        self.index.complete_tag_write(journal_id, change, fp, result.size, result.mtime_ns)
+        result.written = True
+        self.summary.written += 1
 
     def _write_failed(self, result: TrackResult, err: GenretagError) -> None:
         """A changed file is predicted again (re-queued); any other write error fails the track."""

@@ -117,6 +117,7 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -183,9 +184,12 @@ def _check_args(genres, mode, separator, provenance) -> list[str]:
 
 def write_genres(path, genres: list[str], *, mode: str = "replace", separator: str = "; ",
                  provenance: str | None = None, keep_mtime: bool = False, verify: bool = False,
-                 expected: tuple[int, int] | None = None) -> TagChange:
+                 expected: tuple[int, int] | None = None,
+                 before_replace: Callable[[int, int], None] | None = None) -> TagChange:
     """Write ``genres`` (see module docs). Raises TagWriteError, UnsupportedFormat, FileChanged;
-    on any error the file is left exactly as it was."""
+    on any error the file is left exactly as it was. ``before_replace(size, mtime_ns)`` is called with
+    the stat the file will have, once the written copy is synced and just before it replaces the file
+    (an exception there leaves the file as it was)."""
     new = _check_args(genres, mode, separator, provenance)
     label = os.fspath(path)
     st0 = _stat_for_write(label, expected)
@@ -199,7 +203,8 @@ def write_genres(path, genres: list[str], *, mode: str = "replace", separator: s
     desired = h.plan(before, target, separator, provenance)
     if desired == before:
         return TagChange(label, old, h.genres(desired, separator), snap_before, snap_before, False)
-    after = _rewrite(label, st0, h.format, desired, keep_mtime=keep_mtime, verify=verify)
+    after = _rewrite(label, st0, h.format, desired, keep_mtime=keep_mtime, verify=verify,
+                     before_replace=before_replace)
     return TagChange(label, old, h.genres(after, separator), snap_before,
                      {"format": h.format, "fields": after}, True)
 
@@ -320,7 +325,8 @@ def _apply_checked(tmp: str, label: str, fmt: str, desired: dict) -> dict:
     return got
 
 
-def _rewrite(label: str, st0: os.stat_result, fmt: str, desired: dict, *, keep_mtime: bool, verify: bool) -> dict:
+def _rewrite(label: str, st0: os.stat_result, fmt: str, desired: dict, *, keep_mtime: bool, verify: bool,
+             before_replace: Callable[[int, int], None] | None = None) -> dict:
     real = os.path.realpath(label)
     folder = os.path.dirname(real)
     digest0 = _digest_for_verify(real, label) if verify else None
@@ -343,6 +349,9 @@ def _rewrite(label: str, st0: os.stat_result, fmt: str, desired: dict, *, keep_m
             call(label, _fsync_path, tmp, write=True, what="syncing: ")
             if not _same_file(os.stat(real), st0):
                 raise FileChanged(label, "changed on disk while genretag was writing it; not written")
+            if before_replace is not None:  # a rename keeps the size and modification time
+                written = os.stat(tmp)
+                before_replace(written.st_size, written.st_mtime_ns)
             call(label, os.replace, tmp, real, write=True, what="replacing the file: ")
         except BaseException:
             try:

@@ -100,23 +100,32 @@ def test_an_index_of_every_known_version_opens_at_the_current_one(tmp_path, vers
 
 
 def test_a_version_1_index_is_migrated_step_by_step(tmp_path, monkeypatch):
-    """With a version 2 (here a stand-in step that adds an index), opening a version-1 index runs exactly
-    the missing step, in order, once; the report's own connection migrates too."""
-    ran = []
+    """Every step from version 1 runs, in order, once, when a version-1 index is opened — here with a
+    stand-in last step that records itself and adds an index; the report's own connection migrates too."""
+    ran, last = [], SCHEMA_VERSION + 1
+    steps = {step: tagger.index.MIGRATIONS[step] for step in range(1, SCHEMA_VERSION)}
 
-    def schema_2(db):
-        ran.append(2)
-        db["tracks"].create_index(["artist"], if_not_exists=True)
+    def recorded(step):
+        def run(db):
+            ran.append(step + 1)
+            if step + 1 == last:
+                db["tracks"].create_index(["artist"], if_not_exists=True)
+            else:
+                steps[step](db)
+        return run
 
-    monkeypatch.setattr(tagger.index, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(tagger.index.MIGRATIONS, 1, schema_2)
+    monkeypatch.setattr(tagger.index, "SCHEMA_VERSION", last)
+    for step in range(1, last):
+        monkeypatch.setitem(tagger.index.MIGRATIONS, step, recorded(step))
     old = index_at_version(tmp_path / "v1.db", 1)
     report_ = build_report(old)  # opens through tagger.report.connect
-    assert report_.total == 1 and ran == [2]
+    assert report_.total == 1 and ran == list(range(2, last + 1))
     with Index(old) as index:
-        assert index.schema_version() == 2
-    assert ran == [2]
+        assert index.schema_version() == last
+    assert ran == list(range(2, last + 1))
     assert ("index", "idx_tracks_artist") in [(t, n) for t, n, _, _ in schema(old)]
+    columns = [r[1] for r in query(old, "pragma table_info(tag_writes)")]
+    assert columns[-2:] == ["pending_size", "pending_mtime_ns"]
 
 
 def test_a_newer_index_is_refused_and_left_alone(tmp_path):
@@ -172,7 +181,8 @@ WRITER = textwrap.dedent("""
                 change = SimpleNamespace(path=batch[0].path, before={}, after={}, old_genres=[],
                                          new_genres=["a"])
                 write_id = index.journal_intent(run, change.path, {}, [], ["a"])
-                index.complete_tag_write(write_id, change)
+                index.note_pending_write(write_id, 1, seed)
+                index.complete_tag_write(write_id, change, "5" * 16, 1, seed)
         index.finish_run(run, scanned=count)
 """)
 

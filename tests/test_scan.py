@@ -263,7 +263,7 @@ def test_the_undo_journal_is_written_before_the_file(library, tmp_path, tiny_wav
     class Crash(BaseException):
         pass
 
-    def crash(self, write_id, change):
+    def crash(self, *args):
         raise Crash  # stands for SIGKILL between os.replace and the journal's completion
 
     monkeypatch.setattr(tagger.index.Index, "complete_tag_write", crash)
@@ -274,3 +274,46 @@ def test_the_undo_journal_is_written_before_the_file(library, tmp_path, tiny_wav
     out = CliRunner().invoke(cli, ["undo", "--db", str(tmp_path / "index.db")], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     assert mutagen_genres(target) == ["Shoegaze"]
+
+
+@pytest.mark.parametrize("crash_at", ["note_pending_write", "complete_tag_write"])
+def test_a_scan_killed_during_a_write_is_finished_without_predicting_again(library, tmp_path, tiny_wav2vec2,
+                                                                          monkeypatch, crash_at):
+    """Killed with the written copy complete but the file not yet replaced (note_pending_write), or
+    replaced but the journal not completed (complete_tag_write): the rerun neither predicts the file again
+    nor leaves the journal open — it writes from the cached prediction, or recognises its own write by the
+    stat noted before the replace — and undo still restores the original genres."""
+    import tagger.index
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    target = Path(shutil.copy(next(library.rglob("*.flac")), folder))
+    audio = mutagen.File(target)
+    audio["genre"] = ["Shoegaze"]
+    audio.save()
+
+    class Crash(BaseException):
+        pass
+
+    def crash(self, *args):
+        raise Crash  # stands for SIGKILL at that moment
+
+    monkeypatch.setattr(tagger.index.Index, crash_at, crash)
+    with pytest.raises(Crash):
+        tag_folder(folder, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    replaced = crash_at == "complete_tag_write"
+    assert (mutagen_genres(target) != ["Shoegaze"]) == replaced
+    assert [p.name for p in folder.iterdir()] == [target.name]  # no temp copy left either way
+    monkeypatch.undo()
+    rerun = tag_folder(folder, settings(tmp_path, tiny_wav2vec2, write_tags=True), keep_results=True)
+    assert (rerun.scanned, rerun.skipped, rerun.written) == (0, 1, 0 if replaced else 1)
+    # Killed before the replace, the first entry stays open; it restores the state the file still had.
+    *_, write = rows(tmp_path / "index.db", "select * from tag_writes order by id")
+    assert write["written_at"] is not None and json.loads(write["new_genres"]) == mutagen_genres(target)
+    (prediction,) = rows(tmp_path / "index.db", "select * from predictions")
+    assert (prediction["size"], prediction["mtime_ns"], prediction["written"]) == (
+        target.stat().st_size, target.stat().st_mtime_ns, 1)
+    again = tag_folder(folder, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    assert (again.scanned, again.skipped, again.written) == (0, 1, 0)
+    out = CliRunner().invoke(cli, ["undo", "--db", str(tmp_path / "index.db")], catch_exceptions=False)
+    assert out.exit_code == 0 and mutagen_genres(target) == ["Shoegaze"], out.output
