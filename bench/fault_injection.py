@@ -361,9 +361,9 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
     max_delay = max(args.min_delay + 1, min(full_run, args.max_delay or full_run))
     while kills < args.kills:
         delay = rng.uniform(args.min_delay, max_delay)
-        writes_before = db_rows(db, "select count(*) from tag_writes")[0][0] if db.exists() else 0
+        writes_before = _count_writes(db)  # the epoch's index may not hold its tables yet
         rc, killed, text = one_run(delay)
-        writes_after = db_rows(db, "select count(*) from tag_writes")[0][0]
+        writes_after = _count_writes(db)
         res = checker.check_library(lib, db, f"kill {kills + 1}" if killed else "completed run")
         if killed:
             kills += 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -103,7 +104,8 @@ class Index:
     # -- runs -----------------------------------------------------------------------------------------
     def start_run(self, command: str, **info) -> int:
         with self._tx():
-            return self.db["runs"].insert({"command": command, "started_at": now(), **_jsonable(info)}).last_pk
+            return self.db["runs"].insert({"command": command, "started_at": now(), "pid": os.getpid(),
+                                           "host": socket.gethostname(), **_jsonable(info)}).last_pk
 
     def finish_run(self, run_id: int, **counts) -> None:
         with self._tx():
@@ -184,6 +186,7 @@ class Index:
             if prediction is not None:
                 result, model_id, fingerprint = prediction
                 self._upsert_results([result], model_id, fingerprint, run_id)
+            self._drop_writes_that_never_happened(path)
             return self.db["tag_writes"].insert({
                 "run_id": run_id, "path": path_key(path), "raw_path": os.fsencode(path),
                 "before": json.dumps(before), "after": None, "old_genres": json.dumps(old_genres),
@@ -199,6 +202,19 @@ class Index:
                 "old_genres": json.dumps(change.old_genres), "new_genres": json.dumps(change.new_genres),
                 "written_at": now()})
             self._mark_written(change.path, fingerprint, size, mtime_ns, change.new_genres)
+
+    def _drop_writes_that_never_happened(self, path: str) -> None:
+        """Journal entries for ``path`` whose scan ended, or was killed, before its written copy was even
+        ready to replace the file (no pending stat): that write never reached the file, and the entry
+        would only make ``history`` count it and an ``undo`` of that run restore an older state."""
+        rows = self.db.execute(
+            "select w.id, r.finished_at, r.pid, r.host from tag_writes w join runs r on r.id = w.run_id "
+            "where w.path = ? and w.written_at is null and w.undone_at is null and w.pending_size is null",
+            [path_key(path)]).fetchall()
+        dead = [write_id for write_id, finished, pid, host in rows
+                if finished is not None or (host == socket.gethostname() and not _process_alive(pid))]
+        if dead:
+            self.db.execute(f"delete from tag_writes where id in ({', '.join('?' * len(dead))})", dead)
 
     def note_pending_write(self, write_id: int, size: int, mtime_ns: int) -> None:
         """The written copy is complete and about to replace the file; this will be the file's stat."""
@@ -262,6 +278,19 @@ class Index:
                             [size, mtime_ns, json.dumps(genres), key])
 
 
+def _process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs on this machine; unknown (None) counts as alive."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _jsonable(info: dict) -> dict:
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in info.items()}
 
@@ -298,6 +327,8 @@ def _schema_2(db) -> None:
     is recognised as written by the next scan, which then neither predicts nor writes the file again."""
     db["tag_writes"].add_column("pending_size", int)
     db["tag_writes"].add_column("pending_mtime_ns", int)
+    db["runs"].add_column("pid", int)   # with host: whether a run that never finished is still running
+    db["runs"].add_column("host", str)
 
 
 MIGRATIONS = {0: _schema_1, 1: _schema_2}
