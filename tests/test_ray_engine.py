@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from tagger.errors import GenretagError
 from tagger.index import path_key
 from tagger.infer import load_classifier
 from tagger.tags import read_genres
+from tests.index_rows import rows
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -39,15 +39,6 @@ def ray_cluster():
 def scan(root, tmp_path, model, engine="ray", db="index.db", **kw):
     settings = ScanSettings(model=str(model), db=str(tmp_path / db), min_confidence=0.0, engine=engine, **kw)
     return tag_folder(root, settings, keep_results=True)
-
-
-def rows(db: Path, sql: str, args=()):
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
 
 
 def indexed(db: Path) -> dict[str, dict]:

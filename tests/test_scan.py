@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +14,9 @@ from tagger import ScanSettings, Tagger, tag_folder
 from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.errors import ModelError
 from tagger.infer import DeferredClassifier, load_classifier
+from tests.index_rows import rows
 
 TRACKS = 8
-
-
-def rows(db: Path, sql: str, args=()):
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
 
 
 def mutagen_genres(path) -> list[str]:
@@ -250,23 +241,34 @@ def test_a_file_changed_before_its_write_is_not_written_but_predicted_again(libr
     assert len(final) == 1 and mutagen_genres(target) == final[0].labels
 
 
-def test_the_undo_journal_is_written_before_the_file(library, tmp_path, tiny_wav2vec2, monkeypatch):
-    """A crash right after a file was replaced, before the journal entry is completed, must still leave
-    the previous genres undoable: the entry is written ahead of the file."""
+class Crash(BaseException):
+    """Stands for SIGKILL: nothing after it runs in the scan (``except Exception`` does not catch it)."""
+
+
+def crash_in(monkeypatch, index_method: str) -> None:
+    """Make the scan stop dead at ``Index.<index_method>``."""
     import tagger.index
 
-    target = next(library.rglob("*.flac"))
+    def crash(self, *args):
+        raise Crash
+
+    monkeypatch.setattr(tagger.index.Index, index_method, crash)
+
+
+def shoegaze_flac(source: Path, folder: Path | None = None) -> Path:
+    """``source`` (a FLAC), or a copy of it in ``folder``, holding the genre Shoegaze."""
+    target = Path(shutil.copy(source, folder)) if folder else source
     audio = mutagen.File(target)
     audio["genre"] = ["Shoegaze"]
     audio.save()
+    return target
 
-    class Crash(BaseException):
-        pass
 
-    def crash(self, *args):
-        raise Crash  # stands for SIGKILL between os.replace and the journal's completion
-
-    monkeypatch.setattr(tagger.index.Index, "complete_tag_write", crash)
+def test_the_undo_journal_is_written_before_the_file(library, tmp_path, tiny_wav2vec2, monkeypatch):
+    """A crash right after a file was replaced, before the journal entry is completed, must still leave
+    the previous genres undoable: the entry is written ahead of the file."""
+    target = shoegaze_flac(next(library.rglob("*.flac")))
+    crash_in(monkeypatch, "complete_tag_write")  # between os.replace and the journal's completion
     with pytest.raises(Crash):
         tag_folder(target.parent, settings(tmp_path, tiny_wav2vec2, write_tags=True))
     assert mutagen_genres(target) != ["Shoegaze"]  # the file was written, the journal not completed
@@ -283,22 +285,10 @@ def test_a_scan_killed_during_a_write_is_finished_without_predicting_again(libra
     replaced but the journal not completed (complete_tag_write): the rerun neither predicts the file again
     nor leaves the journal open — it writes from the cached prediction, or recognises its own write by the
     stat noted before the replace — and undo still restores the original genres."""
-    import tagger.index
-
     folder = tmp_path / "one"
     folder.mkdir()
-    target = Path(shutil.copy(next(library.rglob("*.flac")), folder))
-    audio = mutagen.File(target)
-    audio["genre"] = ["Shoegaze"]
-    audio.save()
-
-    class Crash(BaseException):
-        pass
-
-    def crash(self, *args):
-        raise Crash  # stands for SIGKILL at that moment
-
-    monkeypatch.setattr(tagger.index.Index, crash_at, crash)
+    target = shoegaze_flac(next(library.rglob("*.flac")), folder)
+    crash_in(monkeypatch, crash_at)
     with pytest.raises(Crash):
         tag_folder(folder, settings(tmp_path, tiny_wav2vec2, write_tags=True))
     replaced = crash_at == "complete_tag_write"
