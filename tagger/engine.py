@@ -77,7 +77,6 @@ class LocalEngine:
         yield from predict_in_batches(decoded, self.classifier.predict, batch_size)
 
 
-
 def pending(items: Iterable) -> Iterator | None:
     """``items`` as an iterator, or None if it is empty. Taking the first item runs the pipeline's cache
     check up to the first track that needs predicting, so an engine knows whether to load anything."""

@@ -143,11 +143,12 @@ def decode_row(row: dict, sample_rate: int, max_windows: int, timeout: float) ->
     item = next(bounded_map(partial(decode_or_fail, sample_rate=sample_rate, max_windows=max_windows),
                             [track], 1, timeout=timeout, on_timeout=on_timeout))
     if isinstance(item, TrackResult):
-        return {**row, "error": os.fsencode(item.error), "retry": item.retry, "windows": np.zeros((0, 0), np.float32),
-                "lengths": np.zeros(0, np.int64), "starts": np.zeros(0), "duration": 0.0, "codec": ""}
-    return {**row, "error": b"", "retry": False, "windows": item.windows.numpy(), "lengths": item.lengths.numpy(),
-            "starts": np.asarray(item.starts, dtype=np.float64), "duration": float(item.duration),
-            "codec": item.codec or ""}
+        return {**row, "error": os.fsencode(item.error), "retry": item.retry,
+                "windows": np.zeros((0, 0), np.float32), "lengths": np.zeros(0, np.int64),
+                "starts": np.zeros(0), "duration": 0.0, "codec": ""}
+    return {**row, "error": b"", "retry": False, "windows": item.windows.numpy(),
+            "lengths": item.lengths.numpy(), "starts": np.asarray(item.starts, dtype=np.float64),
+            "duration": float(item.duration), "codec": item.codec or ""}
 
 
 class Predictor:

@@ -164,7 +164,8 @@ def model_identity(name: str) -> ModelIdentity | None:
     except (OSError, ValueError, KeyError, AttributeError):
         return None  # not a checkpoint folder, or a broken one: loading says which
     try:
-        rate = int(json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))["sampling_rate"])
+        extractor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+        rate = int(extractor["sampling_rate"])
     except (OSError, ValueError, KeyError, TypeError):
         rate = None
     return ModelIdentity(name, weights_fingerprint(folder), labels,

@@ -167,13 +167,15 @@ class _Scan:
         from . import tags
 
         pending = self.index.unfinished_write(track.path, self.classifier.fingerprint)
-        if not pending or (pending["pending_size"], pending["pending_mtime_ns"]) != (track.size, track.mtime_ns):
+        now = (track.size, track.mtime_ns)
+        if not pending or (pending["pending_size"], pending["pending_mtime_ns"]) != now:
             return False
         try:
-            change = tags.TagChange(track.path, json.loads(pending["old_genres"]), tags.read_genres(track.path),
-                                    json.loads(pending["before"]), tags.snapshot_genres(track.path), True)
+            now_genres, now_fields = tags.read_genres(track.path), tags.snapshot_genres(track.path)
         except GenretagError:
             return False
+        change = tags.TagChange(track.path, json.loads(pending["old_genres"]), now_genres,
+                                json.loads(pending["before"]), now_fields, True)
         self.index.complete_tag_write(pending["id"], change, self.classifier.fingerprint, track.size,
                                       track.mtime_ns)
         return True
@@ -191,13 +193,14 @@ class _Scan:
         fp = self.classifier.fingerprint
         try:
             journal_id = self.index.journal_intent(
-                self.summary.run_id, result.path, tags.snapshot_genres(result.path), tags.read_genres(result.path),
-                result.labels, prediction=(result, self.classifier.model_id, fp) if fresh else None)
+                self.summary.run_id, result.path, tags.snapshot_genres(result.path),
+                tags.read_genres(result.path), result.labels,
+                prediction=(result, self.classifier.model_id, fp) if fresh else None)
             change = tags.write_genres(
                 result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
                 expected=(result.size, result.mtime_ns),
-                before_replace=lambda size, mtime_ns: self.index.note_pending_write(journal_id, size, mtime_ns))
+                before_replace=lambda size, mtime: self.index.note_pending_write(journal_id, size, mtime))
         except GenretagError as err:
             if journal_id is not None:
                 self.index.discard_tag_write(journal_id)
