@@ -66,7 +66,7 @@ class LocalEngine:
         self.settings = settings
 
     def predictions(self, tracks: Iterable[Track]) -> Iterator[tuple]:
-        tracks = pending(tracks)
+        tracks = unless_empty(tracks)
         if tracks is None:  # nothing to predict: the model need not even be loaded
             return
         rate, max_windows = self.classifier.sampling_rate, self.settings.max_windows
@@ -77,7 +77,7 @@ class LocalEngine:
         yield from predict_in_batches(decoded, self.classifier.predict, batch_size)
 
 
-def pending(items: Iterable) -> Iterator | None:
+def unless_empty(items: Iterable) -> Iterator | None:
     """``items`` as an iterator, or None if it is empty. Taking the first item runs the pipeline's cache
     check up to the first track that needs predicting, so an engine knows whether to load anything."""
     items = iter(items)
