@@ -142,8 +142,9 @@ def _plain_musicnn_blocks():
 
 
 def _without_parametrizations(classifier):
-    """A copy whose weight-norm convolutions hold plain weights: FlopCounterMode cannot trace
-    parametrized modules under inference_mode (wav2vec2/HuBERT positional convolution)."""
+    """A copy whose weight-norm convolutions hold plain weights (FlopCounterMode cannot trace
+    parametrized modules under inference_mode: wav2vec2/HuBERT positional convolution), running every
+    module's own forward."""
     import copy
 
     import torch.nn.utils.parametrize as P
@@ -155,6 +156,9 @@ def _without_parametrizations(classifier):
         clone.model = copy.deepcopy(model).cpu()
         clone.device = next(clone.model.parameters()).device
         for module in clone.model.modules():
+            # The architecture's FLOPs, not those of a faster equivalent forward installed on a
+            # module (the time-major feature encoder), which FlopCounterMode counts differently.
+            module.__dict__.pop("forward", None)
             if P.is_parametrized(module):
                 for name in list(module.parametrizations):
                     P.remove_parametrizations(module, name)

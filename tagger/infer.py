@@ -315,6 +315,11 @@ class HFClassifier:
             model, extractor = _load_hub(name)
             fingerprint = _hub_fingerprint(model, name)
         model.eval().to(device)
+        if device.type == "cpu":
+            from .feature_encoder import use_time_major_encoder
+
+            use_time_major_encoder(model)
+        store_matmul_weights_in(model, precision)
         if device.type == "cuda":
             import torch
 
@@ -380,6 +385,27 @@ class HFClassifier:
             return {"input_values": batch}
         inputs = fe([s.cpu().numpy() for s in segments], sampling_rate=self.sampling_rate, return_tensors="pt")
         return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+
+
+def store_matmul_weights_in(model, precision: str) -> None:
+    """Keep the weights of linear and convolution layers in the autocast dtype (bf16/fp16) of
+    ``precision``, rather than in float32.
+
+    Autocast rounds those weights to that dtype at every call anyway (in inference mode it caches
+    nothing): storing them rounded gives bit-identical outputs without the per-call copies (95 M
+    parameters, ~40 ms per window for wav2vec2-base on CPU) and halves their memory. Weight-normalised
+    (parametrized) convolutions keep float32, since their weight is computed from float32 parts.
+    """
+    import torch
+    import torch.nn.utils.parametrize as P
+    from torch import nn
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and not P.is_parametrized(module):
+            module.to(dtype)
 
 
 def _from_pretrained(name: str, **kwargs):
