@@ -117,6 +117,7 @@ def child(mode: str, model: str, files: list[str], args) -> dict:
         started = time.perf_counter()
         summary = tag_folder(link_dir, settings, classifier=classifier, keep_results=True)
         seconds = time.perf_counter() - started
+        rss_mib = peak_rss_mib()  # the scan's own peak, before the FLOP count copies the model
         windows = sum(r.windows for r in summary.results)
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -125,7 +126,7 @@ def child(mode: str, model: str, files: list[str], args) -> dict:
         with flop, _plain_musicnn_blocks():
             counting.predict(torch.zeros(1, 480000), torch.tensor([480000]))
         top = [r.labels[0] if r.labels else r.status for r in sorted(summary.results, key=lambda r: r.path)]
-        return {"seconds": seconds, "rss_mib": peak_rss_mib(), "windows": windows,
+        return {"seconds": seconds, "rss_mib": rss_mib, "windows": windows,
                 "model_seconds": model_seconds[0], "gflop_per_window": flop.get_total_flops() / 1e9,
                 "precision": getattr(classifier, "precision", args.precision), "top": top,
                 "failed": summary.failed}

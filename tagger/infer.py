@@ -8,6 +8,7 @@ small interface (a *classifier*): ``model_id``, ``fingerprint``, ``sampling_rate
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -395,6 +396,10 @@ def store_matmul_weights_in(model, precision: str) -> None:
     nothing): storing them rounded gives bit-identical outputs without the per-call copies (95 M
     parameters, ~40 ms per window for wav2vec2-base on CPU) and halves their memory. Weight-normalised
     (parametrized) convolutions keep float32, since their weight is computed from float32 parts.
+
+    The few tensors left in float32 are then copied too: until nothing refers to it, the memory map of
+    the safetensors file the model was loaded from stays mapped, and its pages resident (290 MB of RSS
+    for wav2vec2-base).
     """
     import torch
     import torch.nn.utils.parametrize as P
@@ -406,6 +411,10 @@ def store_matmul_weights_in(model, precision: str) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and not P.is_parametrized(module):
             module.to(dtype)
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.dtype != dtype:
+                tensor.data = tensor.data.clone()
 
 
 def _from_pretrained(name: str, **kwargs):

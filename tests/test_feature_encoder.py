@@ -60,7 +60,7 @@ def _pair(build):
     return original, fast
 
 
-def _audio(batch=2, seconds=2.0):
+def _audio(batch=2, seconds=12.3):  # 614 frames: two full chunks of the stack and a partial one
     generator = torch.Generator().manual_seed(1)
     n = int(seconds * 16000)
     tone = torch.sin(torch.arange(n) * 0.05) * 0.5 + 0.1  # a DC offset too: means must be right
@@ -202,3 +202,37 @@ def test_weights_stored_in_bf16_give_what_autocast_gives(tmp_path, build):
     classifier = load_classifier(str(folder), device="cpu", precision="bf16")
     assert all(m.weight.dtype == torch.bfloat16 for m in classifier.model.modules()
                if isinstance(m, nn.Linear))
+
+
+def _mapped(path) -> bool:
+    with open("/proc/self/maps") as maps:
+        return str(path) in maps.read()
+
+
+def test_a_bf16_classifier_lets_go_of_the_checkpoint_file(tmp_path):
+    """In float32 the weights live in the safetensors file's memory map; once a bf16 classifier holds
+    its own copies, nothing refers to the map and it is gone, with its resident pages."""
+    import gc
+
+    from tagger.infer import load_classifier
+    from tests.models import make_tiny_wav2vec2
+
+    folder = make_tiny_wav2vec2(tmp_path / "model")
+    weights = folder / "model.safetensors"
+    fp32 = load_classifier(str(folder), device="cpu", precision="fp32")
+    assert _mapped(weights)
+    del fp32
+    gc.collect()
+    assert not _mapped(weights)
+    bf16 = load_classifier(str(folder), device="cpu", precision="bf16")
+    assert not _mapped(weights)
+    assert bf16.predict(_audio(batch=1, seconds=3.0)).shape == (1, 4)
+
+
+def test_a_group_norm_past_the_first_layer_is_left_alone():
+    """Such a norm needs its layer's whole input before any output, which chunking cannot give."""
+    torch.manual_seed(0)
+    model = _wav2vec2(feat_extract_norm="layer").eval()
+    model.feature_extractor.conv_layers[2].layer_norm = nn.GroupNorm(24, 24)
+    assert not use_time_major_encoder(model)
+    assert "forward" not in vars(model.feature_extractor)
