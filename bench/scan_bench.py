@@ -58,7 +58,8 @@ def run_child(mode: str, args, model: str, files: list[str]) -> dict:
     """Each contender runs in its own process, so peak RSS is its own."""
     cmd = [sys.executable, __file__, "--child", mode, "--model-path", model, "--device", args.device,
            "--max-windows", str(args.max_windows), "--precision", args.precision, "--workers", str(args.workers),
-           "--batch-size", str(args.batch_size or 0), "--files", *files]
+           "--batch-size", str(args.batch_size or 0),
+           "--concurrent-batches", str(args.concurrent_batches or 0), "--files", *files]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"contender {mode} failed:\n" + "\n".join(l for l in out.stderr.splitlines() if not l.startswith("    "))[-4000:])
@@ -99,20 +100,19 @@ def child(mode: str, model: str, files: list[str], args) -> dict:
         for i, f in enumerate(files):
             os.symlink(os.path.abspath(f), link_dir / f"{i:05d}{Path(f).suffix}")
         classifier = load_classifier(model, args.device, args.precision)
-        model_seconds = [0.0]
+        busy = BusyClock()
         predict = classifier.predict
 
         def timed(windows, lengths):
             if classifier.device.type == "cuda":
                 torch.cuda.synchronize()
-            t = time.perf_counter()
-            out = predict(windows, lengths)
-            model_seconds[0] += time.perf_counter() - t
-            return out
+            with busy:
+                return predict(windows, lengths)
 
         classifier.predict = timed
         settings = ScanSettings(model=model, db=str(Path(tmp) / "i.db"), device=args.device,
                                 precision=args.precision, max_windows=args.max_windows, workers=args.workers,
+                                concurrent_batches=args.concurrent_batches or None,
                                 batch_size=args.batch_size or None, dry_run=True, min_confidence=0.0)
         started = time.perf_counter()
         summary = tag_folder(link_dir, settings, classifier=classifier, keep_results=True)
@@ -127,9 +127,35 @@ def child(mode: str, model: str, files: list[str], args) -> dict:
             counting.predict(torch.zeros(1, 480000), torch.tensor([480000]))
         top = [r.labels[0] if r.labels else r.status for r in sorted(summary.results, key=lambda r: r.path)]
         return {"seconds": seconds, "rss_mib": rss_mib, "windows": windows,
-                "model_seconds": model_seconds[0], "gflop_per_window": flop.get_total_flops() / 1e9,
+                "model_seconds": busy.seconds, "gflop_per_window": flop.get_total_flops() / 1e9,
                 "precision": getattr(classifier, "precision", args.precision), "top": top,
                 "failed": summary.failed}
+
+
+class BusyClock:
+    """Wall time during which at least one model call was running. Calls may overlap (several batches
+    at once on CPU), so their durations are not summed: the clock runs from the moment the first call
+    starts until the moment none is left."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.running = 0
+        self.since = 0.0
+        self.seconds = 0.0
+
+    def __enter__(self):
+        with self.lock:
+            if self.running == 0:
+                self.since = time.perf_counter()
+            self.running += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.running -= 1
+            if self.running == 0:
+                self.seconds += time.perf_counter() - self.since
 
 
 def _plain_musicnn_blocks():
@@ -167,6 +193,11 @@ def _without_parametrizations(classifier):
 
 
 def matmul_peak(device: str) -> dict:
+    """Dense-matmul GFLOP/s per dtype: the best of five short timings, each of a few square products.
+
+    This host's speed drifts by up to 2x within minutes, so one timing says little; the best of
+    several is what the hardware can do at that moment, and the bench takes it before and after C.
+    """
     import torch
 
     out = {}
@@ -176,14 +207,17 @@ def matmul_peak(device: str) -> dict:
         b = torch.randn(n, n, device=device, dtype=dtype)
         a @ b
         reps = 50 if device == "cuda" else 3
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        out[str(dtype).removeprefix("torch.")] = reps * 2 * n ** 3 / (time.perf_counter() - t) / 1e9
+        best = 0.0
+        for _ in range(5):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, reps * 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        out[str(dtype).removeprefix("torch.")] = best
     return out
 
 
@@ -197,6 +231,7 @@ def main() -> None:
     p.add_argument("--max-windows", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--concurrent-batches", type=int, default=0, help="C's batches at once (0: genretag's default)")
     p.add_argument("--skip-a", action="store_true", help="skip the per-file pipeline (slow on CPU)")
     p.add_argument("--a-tracks", type=int, default=0, help="run A on only this many tracks (extrapolated)")
     p.add_argument("--child")
@@ -209,8 +244,10 @@ def main() -> None:
     files = [str(f) for f in make_library(args.library, args.tracks)]
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(args.model, Path(tmp))
-        peak = matmul_peak(args.device)
+        before = matmul_peak(args.device)
         results = {"C": run_child("C", args, model, files)}
+        after = matmul_peak(args.device)
+        peak = {k: max(before[k], after[k]) for k in before}
         if not args.model.startswith("builtin:"):
             results["B"] = run_child("B", args, model, files)
             if not args.skip_a:
@@ -223,7 +260,9 @@ def main() -> None:
     c = results["C"]
     print(f"machine: {os.cpu_count()} CPUs, device {args.device}; model {args.model}; {len(files)} tracks, "
           f"{c['windows']} windows (max {args.max_windows}/track); C precision {c['precision']}")
-    print(f"matmul peak: fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s")
+    print(f"matmul peak (higher of before/after C): fp32 {peak['float32']:.0f} GFLOP/s "
+          f"({before['float32']:.0f}/{after['float32']:.0f}), bf16 {peak['bfloat16']:.0f} GFLOP/s "
+          f"({before['bfloat16']:.0f}/{after['bfloat16']:.0f})")
     print(f"{'':4}{'wall s':>9}{'tracks/s':>10}{'s/track':>9}{'peak RSS MiB':>14}")
     for key in ("A", "B", "C"):
         if key in results:

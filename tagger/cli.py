@@ -52,6 +52,7 @@ def cli():
 @_option("top_k", type=click.IntRange(min=1))
 @_option("min_confidence", type=click.FloatRange(0, 1))
 @_option("workers", type=click.IntRange(min=0))
+@_option("concurrent_batches", type=click.IntRange(min=1))
 @_option("decode_timeout", type=click.FloatRange(min=0, min_open=True))
 @_option("rescan", is_flag=True)
 @_option("mode", type=click.Choice(["replace", "merge", "fill"]))

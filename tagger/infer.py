@@ -320,6 +320,7 @@ class HFClassifier:
             from .feature_encoder import use_time_major_encoder
 
             use_time_major_encoder(model)
+        fold_parametrizations(model)
         store_matmul_weights_in(model, precision)
         if device.type == "cuda":
             import torch
@@ -388,15 +389,34 @@ class HFClassifier:
         return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
 
 
+def fold_parametrizations(model) -> None:
+    """Compute parametrized weights once, as plain weights, for inference.
+
+    wav2vec2 and its kin weight-normalise their positional convolution: as a parametrization, its
+    weight is recomputed from float32 parts at every forward (4.7 M values for wav2vec2-base, and
+    their bf16 copy under autocast, for each batch in flight), always to the same tensor. Computed
+    once, it is a plain weight that :func:`store_matmul_weights_in` can store in bf16 like the others;
+    outputs do not change (tests/test_feature_encoder.py checks that bit for bit).
+    """
+    import torch
+    import torch.nn.utils.parametrize as P
+
+    with torch.no_grad():
+        for module in model.modules():
+            if P.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    P.remove_parametrizations(module, name, leave_parametrized=True)
+
+
 def store_matmul_weights_in(model, precision: str) -> None:
     """Keep the weights of linear and convolution layers in the autocast dtype (bf16/fp16) of
     ``precision``, rather than in float32.
 
     Autocast rounds those weights to that dtype at every call anyway (in inference mode it caches
     nothing): storing them rounded gives bit-identical outputs without the per-call copies (95 M
-    parameters, ~40 ms per window for wav2vec2-base on CPU) and halves their memory. Weight-normalised
-    (parametrized) convolutions keep float32, since their weight is computed from float32 parts. A
-    stored weight would meet a float32 input only where a forward switches autocast off, which none
+    parameters, ~40 ms per window for wav2vec2-base on CPU) and halves their memory. Convolutions still
+    parametrized (see :func:`fold_parametrizations`) keep float32, since their weight is computed from
+    float32 parts. A stored weight would meet a float32 input only where a forward switches autocast off, which none
     of the audio-classification architectures in transformers 5 (AST, wav2vec2 and its kin, Whisper)
     does.
 

@@ -62,6 +62,9 @@ class ScanSettings:
     min_confidence: float | None = _opt(None, "Lowest score a genre needs; below it the track is "
                                               "'abstained' (default: the model's own, else 0.3).")
     workers: int = _opt(2, "Decoding threads running ahead of inference.")
+    concurrent_batches: int | None = _opt(None, "Batches the model works on at once on CPU, each with "
+                                                "an equal share of the cores; 1 gives every core to "
+                                                "one batch (default: 2 with two or more cores).")
     decode_timeout: float = _opt(120.0, "Seconds one file may take to decode before it is given up "
                                         "as failed (a hung read, a stuck network share); "
                                         "unbounded with --workers 0.")

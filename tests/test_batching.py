@@ -1,4 +1,5 @@
 """Batching: every window's probabilities go back to its own track, whatever the batch size."""
+import threading
 import time
 
 import pytest
@@ -32,6 +33,64 @@ def test_batch_size_does_not_change_results(request, decoded_library, model):
 
 def _windows(probs):
     return probs.shape[0]
+
+
+@pytest.mark.parametrize("model", ["tiny_wav2vec2", "tiny_ast"])
+def test_concurrent_batches_give_the_same_results_in_the_same_order(request, decoded_library, model):
+    classifier = load_classifier(str(request.getfixturevalue(model)), device="cpu", precision="fp32")
+    serial = list(predict_in_batches(decoded_library, classifier.predict, 2))
+    concurrent = list(predict_in_batches(decoded_library, classifier.predict, 2, concurrency=3))
+    assert [item.track.path for item, _ in concurrent] == [d.track.path for d in decoded_library]
+    for (_, a), (_, b) in zip(serial, concurrent):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(concurrent[0][1][0], concurrent[2][1][0], atol=1e-4)
+
+
+def _echo_track(tag, n):
+    from tagger.records import DecodedTrack, Track
+
+    windows = torch.arange(n, dtype=torch.float32).unsqueeze(1).repeat(1, 4) + tag * 100
+    return DecodedTrack(Track(f"t{tag}", 0, 0), windows, torch.full((n,), 4), [0.0] * n, 1.0)
+
+
+def test_concurrent_calls_really_overlap_and_never_exceed_the_limit():
+    items = [_echo_track(tag, 2) for tag in range(1, 7)]  # 12 windows: 12 calls of one window
+    together = threading.Barrier(2, timeout=20)  # passes only when two calls are running at once
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def echo(windows, lengths):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            together.wait()
+            time.sleep(0.005)
+            return windows[:, :1]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    out = list(predict_in_batches(items, echo, batch_size=1, concurrency=2))
+    assert [item.track.path for item, _ in out] == [f"t{tag}" for tag in range(1, 7)]
+    assert [probs.flatten().tolist() for _, probs in out] == [[t * 100, t * 100 + 1] for t in range(1, 7)]
+    assert most[0] == 2
+
+
+def test_an_error_in_a_concurrent_call_reaches_the_caller_and_stops_the_threads():
+    items = [_echo_track(tag, 1) for tag in range(1, 6)]
+    calls = []
+
+    def fails_on_the_third(windows, lengths):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("model fault")
+        return windows[:, :1]
+
+    with pytest.raises(RuntimeError, match="model fault"):
+        list(predict_in_batches(items, fails_on_the_third, batch_size=1, concurrency=2))
+    assert not [t for t in threading.enumerate() if t.name.startswith("genretag-infer")]
+    with pytest.raises(ValueError, match="concurrency"):
+        list(predict_in_batches(items, fails_on_the_third, batch_size=1, concurrency=0))
 
 
 def test_rows_map_back_to_their_windows():

@@ -179,17 +179,24 @@ def test_cpu_classifier_runs_the_time_major_encoder(tmp_path):
 
 @pytest.mark.parametrize("build", ["wav2vec2", "ast"])
 def test_weights_stored_in_bf16_give_what_autocast_gives(tmp_path, build):
-    """Storing linear/conv weights rounded to bf16 changes no output bit under bf16 autocast."""
+    """Storing linear/conv weights rounded to bf16, the weight-normalised positional conv's weight
+    computed once included, changes no output bit under bf16 autocast."""
+    import torch.nn.utils.parametrize as P
     from transformers import AutoModelForAudioClassification
 
-    from tagger.infer import load_classifier, store_matmul_weights_in
+    from tagger.infer import fold_parametrizations, load_classifier, store_matmul_weights_in
     from tests.models import make_tiny_ast, make_tiny_wav2vec2
 
     make = make_tiny_wav2vec2 if build == "wav2vec2" else make_tiny_ast
     folder = make(tmp_path / "model")
     model = AutoModelForAudioClassification.from_pretrained(folder).eval()
-    stored = copy.deepcopy(model)
+    assert any(P.is_parametrized(m) for m in model.modules()) == (build == "wav2vec2")
+    # A second load, not a deepcopy: a copy shares its parametrized class with the original, and
+    # removing the parametrization from one takes the weight property away from both.
+    stored = AutoModelForAudioClassification.from_pretrained(folder).eval()
+    fold_parametrizations(stored)
     store_matmul_weights_in(stored, "bf16")
+    assert not any(P.is_parametrized(m) for m in stored.modules())
     linears = [m for m in stored.modules() if isinstance(m, nn.Linear)]
     assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
     inputs = {"input_values": _audio(batch=1)} if build == "wav2vec2" else {
@@ -201,7 +208,7 @@ def test_weights_stored_in_bf16_give_what_autocast_gives(tmp_path, build):
 
     classifier = load_classifier(str(folder), device="cpu", precision="bf16")
     assert all(m.weight.dtype == torch.bfloat16 for m in classifier.model.modules()
-               if isinstance(m, nn.Linear))
+               if isinstance(m, (nn.Linear, nn.Conv1d)))
 
 
 def _mapped(path) -> bool:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tagger.errors import ModelError
-from tagger.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, load_builtin, log_compress,
-                            log_mel, patch_counts, valid_patches)
+from tagger.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, block_starts, load_builtin,
+                            log_compress, log_mel, patch_counts, valid_patches)
 
 DATA = Path(__file__).parent / "data" / "musicnn"
 REF = json.loads((DATA / "musicnn_reference.json").read_text())
@@ -163,6 +163,52 @@ def test_max_over_frequency_equals_the_plain_block_for_mixed_sign_batch_norm():
     x = torch.randn(3, 1, 20, 16)
     # The channels-last conv sums in another order than the plain block's: equal up to float32 rounding.
     torch.testing.assert_close(block.max_over_frequency(x), block(x).amax(dim=3), rtol=0, atol=1e-5)
+
+
+def _mixed_sign_block(kernel, channels=8, freq_block=None):
+    torch.manual_seed(0)
+    block = ConvBlock(torch.nn.Conv2d(1, channels, kernel), (0, 0, 3, 3), freq_block).eval()
+    with torch.no_grad():
+        block.bn.weight.copy_(torch.randn(channels))  # about half the channels get a negative scale
+        block.bn.running_var.uniform_(0.5, 2.0)
+        block.bn.running_mean.normal_()
+    return block
+
+
+@pytest.mark.parametrize("freq_block", [1, 3, 5, 12, 40])
+def test_frequency_blocked_max_equals_the_plain_block(freq_block):
+    """12 positions (16 bands, 5-wide kernel): blocks of 5 end with one moved back to overlap (0, 5, 7);
+    a block wider than the positions is narrowed to them."""
+    block = _mixed_sign_block((7, 5), freq_block=freq_block)
+    x = torch.randn(3, 1, 20, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(block._blocked_max_over_frequency(x), block(x).amax(dim=3),
+                                   rtol=0, atol=1e-5)
+
+
+def test_frequency_blocked_max_runs_in_bf16_on_cpu_and_stays_close():
+    block = _mixed_sign_block((7, 38), channels=16, freq_block=4)
+    x = torch.randn(2, 1, 40, 96)
+    with torch.no_grad():
+        exact = block(x).amax(dim=3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            blocked = block.max_over_frequency(x)
+            block.freq_block = None
+            conv = block.max_over_frequency(x)
+    # bf16 rounding of inputs, weights and products: both fast paths are within a few bf16 ulps
+    scale = exact.abs().max()
+    assert (blocked - exact).abs().max() < 0.02 * scale
+    assert (conv - exact).abs().max() < 0.02 * scale
+    assert not torch.equal(blocked, conv)  # two different computations really ran
+
+
+def test_block_starts_cover_every_position_once_or_twice():
+    for positions, width in [(59, 4), (12, 5), (8, 4), (1, 1), (30, 30)]:
+        starts = block_starts(positions, width)
+        covered = [p for s in starts for p in range(s, s + width)]
+        assert set(covered) == set(range(positions)) and max(covered) == positions - 1
+        assert len(covered) < positions + width
+    assert block_starts(59, 4)[-2:] == [52, 55]
 
 
 def test_bf16_autocast_stays_close_to_fp32(classifiers, reference_logmel):

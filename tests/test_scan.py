@@ -52,6 +52,24 @@ def test_scan_records_every_track_in_the_index(library, tmp_path, tiny_wav2vec2)
         assert row["fingerprint"] == load_classifier(str(tiny_wav2vec2)).fingerprint
 
 
+def test_concurrent_batches_scan_like_one_batch_at_a_time_and_restore_torch_threads(library, tmp_path,
+                                                                                      tiny_wav2vec2):
+    import torch
+
+    threads = torch.get_num_threads()
+    results = {}
+    for concurrency in (1, 2):
+        summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2, rescan=True, concurrent_batches=concurrency),
+                             keep_results=True)
+        assert (summary.scanned, summary.failed) == (TRACKS, 0)
+        assert torch.get_num_threads() == threads
+        results[concurrency] = {r.path: (r.labels, r.scores) for r in summary.results}
+    assert results[1].keys() == results[2].keys()
+    for path, (labels, scores) in results[1].items():
+        assert results[2][path][0] == labels
+        assert results[2][path][1] == pytest.approx(scores, abs=1e-5)
+
+
 def test_unchanged_rescan_predicts_nothing_and_changes_are_seen(library, tmp_path, tiny_wav2vec2, tiny_ast):
     first = tag_folder(library, settings(tmp_path, tiny_wav2vec2))
     again = tag_folder(library, settings(tmp_path, tiny_wav2vec2))
@@ -196,7 +214,7 @@ def test_real_subprocess(library, tmp_path, tiny_wav2vec2):
     env = {**os.environ, "GENRETAG_DB": str(tmp_path / "sub.db")}
     exe = Path(sys.executable).with_name("genretag")
     proc = subprocess.run([str(exe), "scan", str(library), "--model", str(tiny_wav2vec2), "--json",
-                           "--min-confidence", "0", "--batch-size", "4"],
+                           "--min-confidence", "0", "--batch-size", "4", "--concurrent-batches", "2"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -209,7 +227,8 @@ def test_help_is_fast_and_lists_the_options():
     exe = Path(sys.executable).with_name("genretag")
     proc = subprocess.run([str(exe), "scan", "--help"], capture_output=True, text=True, timeout=30)
     for option in ("--model", "--write-tags", "--dry-run", "--db", "--device", "--batch-size",
-                   "--max-windows", "--top-k", "--min-confidence", "--workers", "--rescan"):
+                   "--max-windows", "--top-k", "--min-confidence", "--workers", "--concurrent-batches",
+                   "--rescan"):
         assert option in proc.stdout
     code = "import sys, tagger.cli; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
