@@ -225,10 +225,10 @@ class ConvBlock(nn.Module):
         a running max, so the full [B, T, F, C] output (46 MB per 10 patches for the 7 x 38 conv, which
         has 59 positions) is never written out. The last block is moved back to end at the last
         position; positions it shares with the one before count twice, which a max does not mind.
-        On a 2-core Xeon in bf16 this ran the 7 x 38 conv with its max in 27–43 ms per 10 patches
-        where oneDNN's conv and the max took 44–58 ms, and a whole window 15 % faster on one thread
-        (interleaved runs); the 7 x 67 conv (30 positions) gained nothing, and in float32, where the
-        products run at a quarter of the rate, oneDNN's conv stays faster.
+        On a 2-core Xeon in bf16 this ran the 7 x 38 conv with its max in 24–44 ms per 10 patches
+        where oneDNN's conv and the max took 33–56 ms (two threads, interleaved runs), and a whole
+        window 15 % faster on one thread; the 7 x 67 conv (30 positions) gained nothing, and in
+        float32, where the products run at a quarter of the rate, oneDNN's conv stays faster.
         """
         dtype = _compute_dtype(x)
         sign = self._max_sign(x.device)

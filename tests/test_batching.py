@@ -185,3 +185,47 @@ def test_bounded_map_reraises_errors_in_order():
         for value in bounded_map(work, range(6), 2, timeout=10, on_timeout=lambda x: None):
             got.append(value)
     assert got == [0, 1, 2]
+
+
+ARENA_PROBE = """
+import ctypes, sys, tempfile, threading
+from tagger.engine import bound_malloc_arenas
+if sys.argv[1] == "bounded":
+    bound_malloc_arenas(1)
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+go = threading.Barrier(6)
+def allocate():
+    go.wait()  # all six threads allocate at once, so none can inherit another's arena
+    blocks = [libc.malloc(64 * 1024) for _ in range(32)]
+    go.wait()
+    for b in blocks:
+        libc.free(b)
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    fp = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    print(open(out.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "malloc_info"), reason="needs glibc")
+def test_bounded_malloc_arenas_keep_new_threads_in_one_arena():
+    """Each run is a fresh process: the arena limit is process-wide and cannot be undone."""
+    import subprocess
+    import sys
+
+    def arenas(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True,
+                             check=True, timeout=60)
+        return int(out.stdout.strip())
+
+    assert arenas("free") > 1  # glibc's default: threads that allocate at once get arenas of their own
+    assert arenas("bounded") == 1

@@ -54,15 +54,29 @@ def test_scan_records_every_track_in_the_index(library, tmp_path, tiny_wav2vec2)
 
 def test_concurrent_batches_scan_like_one_batch_at_a_time_and_restore_torch_threads(library, tmp_path,
                                                                                       tiny_wav2vec2):
+    import threading
+
     import torch
 
     threads = torch.get_num_threads()
+    classifier = load_classifier(str(tiny_wav2vec2), device="cpu", precision="fp32")
+    predict, seen = classifier.predict, set()
+
+    def observed(windows, lengths):  # where each call ran, and on how many torch threads
+        seen.add((threading.current_thread().name.split("_")[0], torch.get_num_threads()))
+        return predict(windows, lengths)
+
+    classifier.predict = observed
     results = {}
     for concurrency in (1, 2):
-        summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2, rescan=True, concurrent_batches=concurrency),
-                             keep_results=True)
+        seen.clear()
+        summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2, rescan=True,
+                                               concurrent_batches=concurrency),
+                             classifier=classifier, keep_results=True)
         assert (summary.scanned, summary.failed) == (TRACKS, 0)
         assert torch.get_num_threads() == threads
+        expected = ("MainThread", threads) if concurrency == 1 else ("genretag-infer", max(1, threads // 2))
+        assert seen == {expected}
         results[concurrency] = {r.path: (r.labels, r.scores) for r in summary.results}
     assert results[1].keys() == results[2].keys()
     for path, (labels, scores) in results[1].items():
