@@ -55,10 +55,9 @@ def bound_malloc_arenas(arenas: int) -> None:
     buffers spread over ever more arenas: a wav2vec2-base scan with two batches at once grew from 1,511
     to 1,608 MiB of RSS over 100 tracks and peaked at 1,656; with 3 arenas it stayed at 1,505–1,552
     (peak 1,577), with 1 at 1,377–1,497 (peak 1,497), no slower over four interleaved pairs of 8-track
-    scans:
-    allocations are few and large, so one shared arena is not contended. glibc fixes the limit when
-    the arena count first passes ``M_ARENA_TEST`` (8 by default), so both are set; arenas that already
-    exist stay. Without glibc's mallopt (macOS, Windows) this does nothing.
+    scans: allocations are few and large, so one shared arena is not contended. glibc fixes the limit
+    when the arena count first passes ``M_ARENA_TEST`` (8 by default), so both are set; arenas that
+    already exist stay. Without glibc's mallopt (macOS, Windows) this does nothing.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -125,8 +124,8 @@ class LocalEngine:
         if tracks is None:  # nothing to predict: the model need not even be loaded
             return
         rate, max_windows = self.classifier.sampling_rate, self.settings.max_windows
-        batch_size = self.settings.batch_size or default_batch_size(self.classifier.device)
         device = self.classifier.device
+        batch_size = self.settings.batch_size or default_batch_size(device)
         concurrency = 1 if device.type != "cpu" else (
             self.settings.concurrent_batches or default_concurrent_batches(device))
         decoded = bounded_map(lambda t: decode_or_fail(t, rate, max_windows), tracks,

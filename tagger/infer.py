@@ -416,9 +416,9 @@ def store_matmul_weights_in(model, precision: str) -> None:
     nothing): storing them rounded gives bit-identical outputs without the per-call copies (95 M
     parameters, ~40 ms per window for wav2vec2-base on CPU) and halves their memory. Convolutions still
     parametrized (see :func:`fold_parametrizations`) keep float32, since their weight is computed from
-    float32 parts. A stored weight would meet a float32 input only where a forward switches autocast off, which none
-    of the audio-classification architectures in transformers 5 (AST, wav2vec2 and its kin, Whisper)
-    does.
+    float32 parts. A stored weight would meet a float32 input only where a forward switches autocast
+    off, which none of the audio-classification architectures in transformers 5 (AST, wav2vec2 and its
+    kin, Whisper) does.
 
     The few tensors left in float32 are then copied too: until nothing refers to it, the memory map of
     the safetensors file the model was loaded from stays mapped, and its pages resident (290 MB of RSS
