@@ -128,6 +128,18 @@ class Index:
             found.update((row[0], dict(zip(CACHE_COLUMNS, row))) for row in rows)
         return found
 
+    def genres(self, paths: list[str]) -> dict[str, list[str]]:
+        """The genres each of ``paths`` held when the index last read its tags, by :func:`path_key`,
+        in one query per ``LOOKUP_CHUNK`` paths; tracks never read are left out."""
+        found = {}
+        keys = [path_key(p) for p in paths]
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start:start + LOOKUP_CHUNK]
+            rows = self.db.execute(f"select path, genres from tracks where genres is not null "
+                                   f"and path in ({', '.join('?' * len(chunk))})", chunk)
+            found.update((path, json.loads(genres)) for path, genres in rows)
+        return found
+
     def track(self, path: str) -> dict | None:
         rows = list(self.db.query("select * from tracks where path = ?", [path_key(path)]))
         return rows[0] if rows else None

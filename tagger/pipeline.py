@@ -53,9 +53,13 @@ class ScanSummary:
 def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(), *, classifier=None,
                on_result: Callable[[TrackResult], None] | None = None,
                on_discovered: Callable[[int], None] | None = None,
+               on_skipped: Callable[[int], None] | None = None,
                keep_results: bool = False, engine=None) -> ScanSummary:
     """Scan ``root``: predict every new or changed track, record it in the index and, with
-    ``settings.write_tags``, write its genres. Returns the counts; ``on_result`` sees each track.
+    ``settings.write_tags``, write its genres. Returns the counts. ``on_result`` sees each track
+    predicted or failed (and on a dry run each cached prediction not yet written, as a skipped result
+    with its labels), ``on_discovered`` the number of tracks found, and ``on_skipped`` each number of
+    unchanged tracks the index served, as the scan comes to them (a progress bar's total shrinks by it).
 
     ``engine`` decides where decoding and inference run (see :mod:`tagger.engine`); by default the
     one ``settings.engine`` names (:func:`make_engine`). Discovery, the index and tag writing always
@@ -74,7 +78,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
             "scan", root=os.path.abspath(root), model_id=classifier.model_id,
             fingerprint=classifier.fingerprint, options={k: v for k, v in asdict(settings).items()})
         engine = engine or make_engine(classifier, settings)
-        scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results)
+        scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results, on_skipped)
         try:
             tracks = list(discover(root, on_error=scan.discovery_failed))
             if on_discovered:
@@ -106,10 +110,11 @@ class _Scan:
     """State of one scan: the buffered index rows, the counters and the per-track decisions."""
 
     def __init__(self, index, classifier, engine, settings: ScanSettings, summary: ScanSummary, on_result,
-                 keep_results: bool):
+                 keep_results: bool, on_skipped=None):
         self.index, self.classifier, self.settings, self.summary = index, classifier, settings, summary
         self.engine = engine
         self.on_result = on_result or (lambda result: None)
+        self.on_skipped = on_skipped or (lambda count: None)
         self.keep_results = keep_results
         self.min_confidence = (settings.min_confidence if settings.min_confidence is not None
                                else classifier.default_min_confidence)
@@ -129,7 +134,19 @@ class _Scan:
         while chunk := list(itertools.islice(tracks, CACHE_CHUNK)):
             cached = (self.index.cached_predictions([t.path for t in chunk], self.classifier.fingerprint)
                       if use_cache else {})
-            yield from (t for t in chunk if not self._served_from_cache(t, cached.get(path_key(t.path))))
+            genres = self._genres_before_pending_writes(cached) if self.settings.dry_run else {}
+            skipped = self.summary.skipped
+            to_predict = [t for t in chunk
+                          if not self._served_from_cache(t, cached.get(path_key(t.path)), genres)]
+            if self.summary.skipped > skipped:
+                self.on_skipped(self.summary.skipped - skipped)
+            yield from to_predict
+
+    def _genres_before_pending_writes(self, cached: dict[str, dict]) -> dict[str, list[str]]:
+        """For a dry run: the current genres of the cached tracks that a ``--write-tags`` run would
+        write from the cache, as the index last read them."""
+        pending = [key for key, row in cached.items() if row["status"] == OK and not row["written"]]
+        return self.index.genres(pending) if pending else {}
 
     def _result(self, item, probs) -> TrackResult:
         if probs is None:
@@ -140,9 +157,10 @@ class _Scan:
             self._write(result)
         return result
 
-    def _served_from_cache(self, track: Track, row: dict | None) -> bool:
+    def _served_from_cache(self, track: Track, row: dict | None, genres: dict[str, list[str]]) -> bool:
         """An unchanged track already predicted by this model (``row``) is skipped (and, if asked,
-        tagged from the cached prediction)."""
+        tagged from the cached prediction). On a dry run, a cached prediction not yet written is
+        reported as a skipped result with its labels: it is a change that ``--write-tags`` would make."""
         if not row:
             return False
         if (row["size"], row["mtime_ns"]) != (track.size, track.mtime_ns):
@@ -150,13 +168,19 @@ class _Scan:
                 return False
             row = {**row, "written": 1}
         self.summary.skipped += 1
-        if (self.settings.write_tags and not self.settings.dry_run and row["status"] == OK
-                and not row["written"]):
-            result = TrackResult(track.path, OK, labels=json.loads(row["labels"]),
-                                 scores=json.loads(row["scores"]), size=track.size, mtime_ns=track.mtime_ns)
-            self._write(result, fresh=False)
-            if result.written:
-                self.summary.tagged += 1
+        if row["status"] != OK or row["written"] or not (self.settings.write_tags or self.settings.dry_run):
+            return True
+        result = TrackResult(track.path, OK, labels=json.loads(row["labels"]),
+                             scores=json.loads(row["scores"]), size=track.size, mtime_ns=track.mtime_ns)
+        if self.settings.dry_run:
+            result.status = SKIPPED
+            key = path_key(track.path)
+            result.tags = {"genres": genres[key]} if key in genres else None
+            self.on_result(result)
+            return True
+        self._write(result, fresh=False)
+        if result.written:
+            self.summary.tagged += 1
         return True
 
     def _completed_interrupted_write(self, track: Track) -> bool:

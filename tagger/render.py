@@ -42,6 +42,7 @@ class ScanView:
             TimeRemainingColumn(), console=self.err, transient=True, disable=not self.err.is_terminal)
         self.task = self.progress.add_task("scan", total=None, rate="–")
         self.planned: list[tuple[str, str, str, str]] = []
+        self.from_index = 0  # planned changes predicted by an earlier scan
 
     def __enter__(self):
         self.progress.start()
@@ -53,20 +54,29 @@ class ScanView:
     def discovered(self, total: int) -> None:
         self.progress.update(self.task, total=total)
 
+    def skipped(self, count: int) -> None:
+        """``count`` tracks need no prediction: the bar counts, and its ETA covers, only the others."""
+        total = self.progress.tasks[0].total
+        if total is not None:
+            self.progress.update(self.task, total=max(0, total - count))
+
     def result(self, result) -> None:
-        self.progress.advance(self.task)
+        if result.status != SKIPPED:  # skipped: counted by skipped(), or to be predicted again
+            self.progress.advance(self.task)
         speed = self.progress.tasks[0].speed
         self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
         if result.status == FAILED:
             self.err.print(f"[red]error:[/] {escape(shown_path(result.path))}: "
                            f"{escape(result.error or 'failed')}")
         if self.as_json:
-            if result.status != SKIPPED or result.error:
+            if result.status != SKIPPED or result.error or result.labels:
                 click.echo(json.dumps(result.as_json()))
             return
-        if self.settings.dry_run and result.status in (OK, ABSTAINED):
+        if self.settings.dry_run and (result.status in (OK, ABSTAINED) or result.labels):
             current = ", ".join((result.tags or {}).get("genres", [])) or "—"
-            if result.status == OK:
+            if result.status == SKIPPED:  # unchanged since an earlier scan predicted it, never written
+                self.from_index += 1
+            if result.status != ABSTAINED:
                 new, scores = ", ".join(result.labels), result.scores
             else:  # show what the model leaned to, so a user can judge the threshold
                 best = result.ranking[:1]
@@ -92,7 +102,12 @@ class ScanView:
         self.err.print(f"{line} in {summary.seconds:.1f} s (model {summary.model_id}, run {summary.run_id}).")
 
     def _planned_table(self) -> None:
-        table = Table(title="Planned tag changes (dry run: no file was touched)")
+        if not self.planned:
+            self.out.print("No tag changes planned (dry run: no file was touched).")
+            return
+        caption = (f"{self.from_index} of them predicted by an earlier scan (unchanged files, from the "
+                   "index)" if self.from_index else None)
+        table = Table(title="Planned tag changes (dry run: no file was touched)", caption=caption)
         for name in ("path", "current genre", "new genre", "confidence"):
             table.add_column(name, overflow="fold")
         for row in self.planned:

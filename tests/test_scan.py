@@ -164,6 +164,66 @@ def test_dry_run_then_write_tags_uses_the_cached_predictions(library, tmp_path, 
         assert mutagen_genres(result.path) == result.labels
 
 
+def test_a_second_dry_run_still_shows_the_changes_the_first_one_planned(library, tmp_path, tiny_wav2vec2):
+    """A dry run of unchanged files predicts nothing, but --write-tags would still write the cached
+    predictions: the preview must show them, with the genres the files hold, and touch no file."""
+    flac = next(library.rglob("*.flac"))
+    audio = mutagen.File(flac)
+    audio["genre"] = ["Shoegaze"]
+    audio.save()
+    before = snapshot(library)
+    db = tmp_path / "i.db"
+    args = ["scan", str(library), "--model", str(tiny_wav2vec2), "--dry-run", "--min-confidence", "0",
+            "--db", str(db)]
+    runner = CliRunner()
+    first = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(db), dry_run=True,
+                                             min_confidence=0.0), keep_results=True)
+    planned = {r.path: r.labels for r in first.results}
+    assert len(planned) == TRACKS and all(planned.values())
+
+    table = runner.invoke(cli, args, catch_exceptions=False, env={"COLUMNS": "300"})
+    assert table.exit_code == 0, table.output
+    assert "skipped (unchanged) 8" in table.output and "Scanned 0" in table.output
+    assert "Planned tag changes" in table.stdout
+    assert f"{TRACKS} of them predicted by an earlier scan" in table.stdout
+    rows_shown = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "│" in line}
+    assert set(rows_shown) == set(planned)
+    for path, labels in planned.items():
+        assert ", ".join(labels) in rows_shown[path].split("│")[3]
+    assert "Shoegaze" in rows_shown[str(flac)].split("│")[2]
+
+    as_json = runner.invoke(cli, args + ["--json"], catch_exceptions=False)
+    lines = [json.loads(line) for line in as_json.stdout.splitlines() if line.startswith("{")]
+    assert {line["path"]: line["labels"] for line in lines} == planned
+    assert {line["status"] for line in lines} == {"skipped"}
+    assert snapshot(library) == before
+
+    written = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(db), write_tags=True,
+                                               min_confidence=0.0))
+    assert written.written == TRACKS
+    after = runner.invoke(cli, args, catch_exceptions=False)
+    assert "No tag changes planned" in after.stdout and "│" not in after.stdout
+    assert not [line for line in runner.invoke(cli, args + ["--json"]).stdout.splitlines() if line]
+
+
+def test_the_progress_bar_of_a_rescan_counts_only_the_tracks_it_predicts(library, tmp_path, tiny_wav2vec2):
+    """A rescan of a big library with a few new files must not show (nor time its ETA for) every
+    unchanged track as still to do."""
+    from tagger.render import ScanView
+
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2))
+    new = library / "new.flac"
+    shutil.copy(next(library.rglob("*.flac")), new)
+    skips = []
+    view = ScanView(settings(tmp_path, tiny_wav2vec2))
+    summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2), on_result=view.result,
+                         on_discovered=view.discovered, on_skipped=lambda n: (skips.append(n), view.skipped(n)))
+    assert (summary.scanned, summary.skipped) == (1, TRACKS)
+    assert sum(skips) == TRACKS
+    task = view.progress.tasks[0]
+    assert (task.total, task.completed) == (1, 1)
+
+
 def test_undo_restores_the_previous_tags(library, tmp_path, tiny_wav2vec2):
     target = next(library.rglob("*.flac"))
     audio = mutagen.File(target)
