@@ -307,7 +307,7 @@ def _surround(root: Path, full: bool) -> Case:
 def _clip_50ms(root: Path, full: bool) -> Case:
     path = ffmpeg(root / "clips" / "blip-50ms.flac", tone(0.05), *FLAC)
     return _made(root, "clip-50ms", "50 ms clip (below the 0.5 s minimum)", FAILED, path,
-                 reason=("no decodable audio (0.05 s decoded)",))
+                 reason=("too short to classify (0.05 s of audio decoded, at least 0.5 s needed)",))
 
 
 @case("clip-1s")

@@ -77,8 +77,10 @@ def _decode_from_start(track: Track, decoder, sample_rate: int, max_windows: int
         audio = max(audio, _decode_with_ffmpeg(track.path, sample_rate), key=lambda a: a.numel())
     duration = audio.numel() / sample_rate
     if audio.numel() < MIN_DECODED_SECONDS * sample_rate:
-        raise UnreadableFile(track.path, error if error and not audio.numel() else
-                             f"no decodable audio ({duration:.2f} s decoded)")
+        if not audio.numel():
+            raise UnreadableFile(track.path, error or "no decodable audio (0.00 s decoded)")
+        raise UnreadableFile(track.path, f"too short to classify ({duration:.2f} s of audio decoded, "
+                                         f"at least {MIN_DECODED_SECONDS:g} s needed)")
     starts = plan_windows(duration, max_windows, window)
     windows, lengths = _stack(_slices(audio, starts, sample_rate, window), int(round(window * sample_rate)))
     return DecodedTrack(track, windows, lengths, starts, duration, codec)

@@ -125,6 +125,7 @@ class LocalEngine:
             return
         rate, max_windows = self.classifier.sampling_rate, self.settings.max_windows
         device = self.classifier.device
+        import_decoder()
         batch_size = self.settings.batch_size or default_batch_size(device)
         concurrency = 1 if device.type != "cpu" else (
             self.settings.concurrent_batches or default_concurrent_batches(device))
@@ -135,6 +136,16 @@ class LocalEngine:
             bound_malloc_arenas(1)
         with cpu_threads_per_call(concurrency):
             yield from predict_in_batches(decoded, self.classifier.predict, batch_size, concurrency)
+
+
+def import_decoder() -> None:
+    """Import torchcodec before the first decode starts its clock: the import (about 2 s of a 2-core
+    machine, most of it ``torch._dynamo``) must not count against the first file's ``decode_timeout``.
+    If it fails, each decode fails with the reason."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # noqa: BLE001 - reported per file by decode_or_fail
+        pass
 
 
 def unless_empty(items: Iterable) -> Iterator | None:

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from functools import partial
 
 from .batching import predict_in_batches
-from .engine import bounded_map, decode_or_fail, default_batch_size, failed_result, timed_out_result
+from .engine import bounded_map, decode_or_fail, default_batch_size, failed_result, import_decoder, \
+    timed_out_result
 from .errors import GenretagError, ModelError
 from .records import DecodedTrack, Track, TrackResult
 from .settings import ScanSettings
@@ -139,6 +140,7 @@ def decode_row(row: dict, sample_rate: int, max_windows: int, timeout: float) ->
     import numpy as np
 
     track = _track(row)
+    import_decoder()
     on_timeout = partial(timed_out_result, timeout=timeout)
     item = next(bounded_map(partial(decode_or_fail, sample_rate=sample_rate, max_windows=max_windows),
                             [track], 1, timeout=timeout, on_timeout=on_timeout))

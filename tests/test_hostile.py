@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -227,6 +228,25 @@ def scan_settings(tmp_path: Path, **kw) -> ScanSettings:
 
 def by_name(summary) -> dict:
     return {Path(r.path).name: r for r in summary.results}
+
+
+def test_the_decoders_import_does_not_count_against_the_first_files_time_bound(tmp_path):
+    """Importing torchcodec takes about 2 s (it imports torch._dynamo). In a fresh process, with a
+    1 s bound per decode, every file of a first scan must still decode."""
+    files = make_files(tmp_path / "lib", ["a.flac", "b.mp3"])
+    script = (
+        "import json, sys\n"
+        "from tagger import ScanSettings, tag_folder\n"
+        "from tagger.infer import load_classifier\n"
+        f"classifier = load_classifier({MODEL!r}); classifier.predict\n"  # loaded: only decoding is timed
+        "assert 'torchcodec' not in sys.modules\n"
+        f"s = ScanSettings(db={str(tmp_path / 'i.db')!r}, decode_timeout=1.0, min_confidence=0.0)\n"
+        f"summary = tag_folder({str(tmp_path / 'lib')!r}, s, classifier=classifier, keep_results=True)\n"
+        "print(json.dumps({r.path: [r.status, r.error] for r in summary.results}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results == {str(f): ["ok", None] for f in files}
 
 
 def test_a_fifo_swapped_in_after_discovery_times_out(tmp_path, classifier):
