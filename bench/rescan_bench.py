@@ -40,21 +40,24 @@ def main() -> None:
             path.write_bytes(b"\xff\xfb" + i.to_bytes(4, "little"))
             st = path.stat()
             results.append(TrackResult(str(path), OK, labels=["pop"], scores=[0.9], windows=3,
+                                       ranking=[("pop", 0.9), ("jazz", 0.06), ("blues", 0.03), ("metal", 0.01)],
                                        size=st.st_size, mtime_ns=st.st_mtime_ns))
         db = tmp / "index.db"
         with Index(db) as index:
             run = index.start_run("scan")
             for start in range(0, len(results), 5000):
-                index.record_results(results[start:start + 5000], model, classifier.fingerprint, run)
+                index.record_results(results[start:start + 5000], model, classifier.fingerprint, run,
+                                     classifier.label_map.digest())
         print(f"setup: {args.tracks} files and index rows in {time.perf_counter() - started:.1f} s")
-        settings = ScanSettings(model=model, db=str(db))
+        settings = ScanSettings(model=model, db=str(db), min_confidence=0.3)
         started = time.perf_counter()
         summary = tag_folder(tmp / "lib", settings, classifier=classifier)
         lib_s = time.perf_counter() - started
-        assert summary.skipped == args.tracks and summary.scanned == 0, summary.counts()
+        assert summary.skipped == args.tracks and summary.scanned == summary.relabelled == 0, summary.counts()
         started = time.perf_counter()
         subprocess.run([str(Path(sys.executable).with_name("genretag")), "scan", str(tmp / "lib"),
-                        "--model", model, "--db", str(db)], check=True, capture_output=True)
+                        "--model", model, "--db", str(db), "--min-confidence", "0.3"], check=True,
+                       capture_output=True)
         cli_s = time.perf_counter() - started
         print(f"rescan of {args.tracks} unchanged tracks: tag_folder {lib_s:.1f} s "
               f"({args.tracks / lib_s:.0f} tracks/s); `genretag scan` subprocess {cli_s:.1f} s")

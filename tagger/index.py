@@ -26,11 +26,15 @@ from contextlib import contextmanager
 from collections.abc import Iterable
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 LOOKUP_CHUNK = 500  # paths per query; SQLite builds before 3.32 allow at most 999 parameters
-CACHE_COLUMNS = ("path", "size", "mtime_ns", "status", "written", "labels", "scores")
-"""What a scan needs of a stored prediction to skip its track, or to write it from the cache."""
+CACHE_COLUMNS = ("path", "size", "mtime_ns", "status", "written", "labels", "scores", "ranking", "label_map")
+"""What a scan needs of a stored prediction to skip its track, to decide its genres again under the
+scan's own settings, or to write them from the cache."""
+STORED_RANKING = 10
+"""Genres of each prediction's ranking kept in the index, best first: enough to decide a track's genres
+again for any ``--top-k`` up to this many."""
 
 
 def now() -> float:
@@ -145,12 +149,28 @@ class Index:
         return rows[0] if rows else None
 
     # -- writing results ------------------------------------------------------------------------------
-    def record_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int) -> None:
-        """Store a batch of :class:`TrackResult` in one transaction."""
+    def record_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int,
+                       label_map: str | None = None) -> None:
+        """Store a batch of :class:`TrackResult` in one transaction. ``label_map``: the digest of the
+        label map their rankings went through (:meth:`tagger.labels.LabelMap.digest`)."""
         with self._tx():
-            self._upsert_results(results, model_id, fingerprint, run_id)
+            self._upsert_results(results, model_id, fingerprint, run_id, label_map)
 
-    def _upsert_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int) -> None:
+    def relabel(self, decisions: list[dict], fingerprint: str) -> None:
+        """Store genres decided again from cached rankings (``path`` as :func:`path_key`, ``status``,
+        ``labels``, ``scores``, ``written``), in one transaction; the track's status follows when its
+        row is this model's."""
+        with self._tx():
+            for d in decisions:
+                self.db.execute("update predictions set status = ?, labels = ?, scores = ?, written = ? "
+                                "where path = ? and fingerprint = ?",
+                                [d["status"], json.dumps(d["labels"]), json.dumps(d["scores"]), d["written"],
+                                 d["path"], fingerprint])
+                self.db.execute("update tracks set status = ?, updated_at = ? where path = ? and fingerprint = ?",
+                                [d["status"], now(), d["path"], fingerprint])
+
+    def _upsert_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int,
+                        label_map: str | None = None) -> None:
         stamp = now()
         tracks, predictions = [], []
         for r in results:
@@ -170,9 +190,9 @@ class Index:
             predictions.append({
                 "path": key, "fingerprint": fingerprint, "model_id": model_id, "size": version[0],
                 "mtime_ns": version[1], "status": r.status, "labels": json.dumps(r.labels),
-                "scores": json.dumps(r.scores), "ranking": json.dumps(r.ranking[:10]),
+                "scores": json.dumps(r.scores), "ranking": json.dumps(r.ranking[:STORED_RANKING]),
                 "window_labels": json.dumps(r.window_labels), "windows": r.windows, "error": r.error,
-                "written": int(r.written), "run_id": run_id, "created_at": stamp})
+                "written": int(r.written), "run_id": run_id, "created_at": stamp, "label_map": label_map})
         self.db["tracks"].upsert_all(tracks, pk="path", alter=True)
         self.db["predictions"].upsert_all(predictions, pk=("path", "fingerprint"))
 
@@ -191,13 +211,13 @@ class Index:
         :meth:`complete_tag_write` runs, ``written_at`` is NULL; ``undo`` restores such a row too, which
         changes nothing if the write never reached the file.
 
-        ``prediction``, ``(TrackResult, model_id, fingerprint)``, is committed in the same transaction:
-        a crash during the write then leaves the file's prediction in the index, so the next scan writes
-        it from the cache instead of predicting the file again."""
+        ``prediction``, ``(TrackResult, model_id, fingerprint, label_map)``, is committed in the same
+        transaction: a crash during the write then leaves the file's prediction in the index, so the next
+        scan writes it from the cache instead of predicting the file again."""
         with self._tx():
             if prediction is not None:
-                result, model_id, fingerprint = prediction
-                self._upsert_results([result], model_id, fingerprint, run_id)
+                result, model_id, fingerprint, label_map = prediction
+                self._upsert_results([result], model_id, fingerprint, run_id, label_map)
             self._drop_writes_that_never_happened(path)
             return self.db["tag_writes"].insert({
                 "run_id": run_id, "path": path_key(path), "raw_path": os.fsencode(path),
@@ -343,4 +363,11 @@ def _schema_2(db) -> None:
     db["runs"].add_column("host", str)
 
 
-MIGRATIONS = {0: _schema_1, 1: _schema_2}
+def _schema_3(db) -> None:
+    """``predictions.label_map``: the digest of the label map a prediction's ranking went through, so
+    that a scan with another map predicts the track again instead of serving genres it would not give.
+    Older rows have none and are taken as made with the scan's map."""
+    db["predictions"].add_column("label_map", str)
+
+
+MIGRATIONS = {0: _schema_1, 1: _schema_2, 2: _schema_3}

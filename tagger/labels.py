@@ -24,6 +24,8 @@ A file with unknown keys, wrong types, or a label both renamed and dropped is re
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -52,6 +54,13 @@ class LabelMap:
     rename: dict[str, str] = field(default_factory=dict)
     keep: frozenset[str] | None = None
     drop: frozenset[str] = frozenset()
+
+    def digest(self) -> str:
+        """16 hex digits that change whenever the rules do: the index notes which map each prediction's
+        genres went through, so that a scan with another map predicts the track again."""
+        rules = {"rename": sorted(self.rename.items()), "drop": sorted(self.drop),
+                 "keep": None if self.keep is None else sorted(self.keep)}
+        return hashlib.sha256(json.dumps(rules, ensure_ascii=False).encode()).hexdigest()[:16]
 
     def kept(self, label: str) -> bool:
         """Whether a model label survives the map."""

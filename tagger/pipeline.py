@@ -18,7 +18,7 @@ from .decode import decode_file, windows_from_array
 from .discover import discover
 from .engine import LocalEngine, default_batch_size
 from .errors import FileChanged, FileError, GenretagError
-from .index import path_key
+from .index import STORED_RANKING, path_key
 from .records import ABSTAINED, FAILED, OK, SKIPPED, DecodedTrack, Track, TrackResult
 from .settings import ScanSettings
 
@@ -40,6 +40,7 @@ class ScanSummary:
     failed: int = 0
     written: int = 0
     requeued: int = 0
+    relabelled: int = 0  # unchanged tracks whose cached genres this scan's settings decide differently
     seconds: float = 0.0
     run_id: int | None = None
     model_id: str | None = None
@@ -115,6 +116,8 @@ class _Scan:
         self.engine = engine
         self.on_result = on_result or (lambda result: None)
         self.on_skipped = on_skipped or (lambda count: None)
+        self.label_map = classifier.label_map.digest()
+        self.relabelled: list[dict] = []  # genres decided again from the cache, not yet in the index
         self.keep_results = keep_results
         self.min_confidence = (settings.min_confidence if settings.min_confidence is not None
                                else classifier.default_min_confidence)
@@ -138,14 +141,15 @@ class _Scan:
             skipped = self.summary.skipped
             to_predict = [t for t in chunk
                           if not self._served_from_cache(t, cached.get(path_key(t.path)), genres)]
+            self._store_relabelled()
             if self.summary.skipped > skipped:
                 self.on_skipped(self.summary.skipped - skipped)
             yield from to_predict
 
     def _genres_before_pending_writes(self, cached: dict[str, dict]) -> dict[str, list[str]]:
-        """For a dry run: the current genres of the cached tracks that a ``--write-tags`` run would
-        write from the cache, as the index last read them."""
-        pending = [key for key, row in cached.items() if row["status"] == OK and not row["written"]]
+        """For a dry run: the current genres of the cached tracks that a ``--write-tags`` run might
+        write from the cache (their genres are decided again first), as the index last read them."""
+        pending = [key for key, row in cached.items() if row["status"] in (OK, ABSTAINED)]
         return self.index.genres(pending) if pending else {}
 
     def _result(self, item, probs) -> TrackResult:
@@ -167,6 +171,9 @@ class _Scan:
             if not self._completed_interrupted_write(track):
                 return False
             row = {**row, "written": 1}
+        row = self._decided_again(row)
+        if row is None:
+            return False
         self.summary.skipped += 1
         if row["status"] != OK or row["written"] or not (self.settings.write_tags or self.settings.dry_run):
             return True
@@ -178,10 +185,41 @@ class _Scan:
             result.tags = {"genres": genres[key]} if key in genres else None
             self.on_result(result)
             return True
+        self._store_relabelled()  # before the write marks the prediction written
         self._write(result, fresh=False)
         if result.written:
             self.summary.tagged += 1
         return True
+
+    def _decided_again(self, row: dict) -> dict | None:
+        """A cached prediction with its genres decided again under this scan's ``--top-k`` and
+        ``--min-confidence`` from its stored ranking, so that a rescan with a lower threshold tags the
+        tracks it now clears without predicting anything. A changed decision is stored (and, no longer
+        being what was written, written again by ``--write-tags``). None when the cache cannot decide:
+        the ranking went through another label map, or ``--top-k`` asks for more genres than the index
+        kept; the track is then predicted again."""
+        if row["status"] not in (OK, ABSTAINED):
+            return row
+        if row["label_map"] not in (None, self.label_map):
+            return None
+        ranking = [(label, score) for label, score in json.loads(row["ranking"] or "[]")]
+        if not ranking:  # nothing to decide from
+            return row
+        if self.settings.top_k > len(ranking) == STORED_RANKING:
+            return None
+        status, labels, scores = choose_genres(ranking, self.settings.top_k, self.min_confidence)
+        if status == row["status"] and labels == json.loads(row["labels"]):
+            return row
+        self.relabelled.append({"path": row["path"], "status": status, "labels": labels, "scores": scores,
+                                "written": 0})
+        self.summary.relabelled += 1
+        return {**row, "status": status, "labels": json.dumps(labels), "scores": json.dumps(scores),
+                "written": 0}
+
+    def _store_relabelled(self) -> None:
+        if self.relabelled:
+            self.index.relabel(self.relabelled, self.classifier.fingerprint)
+            self.relabelled = []
 
     def _completed_interrupted_write(self, track: Track) -> bool:
         """True if ``track`` changed only because a killed scan with this model replaced it with its
@@ -219,7 +257,7 @@ class _Scan:
             journal_id = self.index.journal_intent(
                 self.summary.run_id, result.path, tags.snapshot_genres(result.path),
                 tags.read_genres(result.path), result.labels,
-                prediction=(result, self.classifier.model_id, fp) if fresh else None)
+                prediction=(result, self.classifier.model_id, fp, self.label_map) if fresh else None)
             change = tags.write_genres(
                 result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
@@ -277,9 +315,10 @@ class _Scan:
             self.flush()
 
     def flush(self) -> None:
+        self._store_relabelled()
         if self.pending:
             self.index.record_results(self.pending, self.classifier.model_id, self.classifier.fingerprint,
-                                      self.summary.run_id)
+                                      self.summary.run_id, self.label_map)
             self.pending = []
         self.last_flush = time.monotonic()
 

@@ -99,6 +99,8 @@ class ScanView:
             line += f", written {summary.written}"
         if summary.requeued:
             line += f", re-queued {summary.requeued}"
+        if summary.relabelled:
+            line += f", relabelled from the index {summary.relabelled}"
         self.err.print(f"{line} in {summary.seconds:.1f} s (model {summary.model_id}, run {summary.run_id}).")
 
     def _planned_table(self) -> None:

@@ -70,6 +70,15 @@ def test_load_label_map_from_file(tmp_path):
     assert load_label_map(path) == parse_label_map(EXAMPLE)
 
 
+def test_digest_follows_the_rules_not_their_order():
+    a = parse_label_map('drop = ["80s", "sad"]\n[genres]\n"rnb" = "R&B"\n"rock" = "Rock"\n')
+    b = parse_label_map('drop = ["sad", "80s"]\n[genres]\n"rock" = "Rock"\n"rnb" = "R&B"\n')
+    assert a.digest() == b.digest()
+    assert parse_label_map('keep_unlisted = true\n').digest() == identity_map().digest()  # the same rules
+    assert len({a.digest(), parse_label_map('[genres]\n"rnb" = "RnB"\n"rock" = "Rock"\n').digest(),
+                identity_map().digest(), builtin_label_map("musicnn-msd").digest()}) == 4
+
+
 def test_unknown_labels_finds_typos():
     label_map = parse_label_map('[genres]\n"rock" = "Rock"\n"jaz" = "Jazz"\n')
     assert label_map.unknown_labels(LABELS) == ["jaz"]

@@ -206,6 +206,52 @@ def test_a_second_dry_run_still_shows_the_changes_the_first_one_planned(library,
     assert not [line for line in runner.invoke(cli, args + ["--json"]).stdout.splitlines() if line]
 
 
+def test_a_rescan_decides_cached_genres_again_under_its_own_threshold_and_top_k(library, tmp_path,
+                                                                                tiny_wav2vec2):
+    """Lowering --min-confidence or raising --top-k on a rescan changes the genres of unchanged tracks
+    from their stored rankings, without predicting them again; --write-tags then writes them."""
+    first = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(tmp_path / "i.db"),
+                                             min_confidence=1.0), keep_results=True)
+    assert first.abstained == TRACKS
+    ranking = {r.path: r.ranking for r in first.results}
+
+    lower = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(tmp_path / "i.db"),
+                                             min_confidence=0.0, write_tags=True))
+    assert (lower.scanned, lower.skipped, lower.relabelled, lower.written) == (0, TRACKS, TRACKS, TRACKS)
+    for path, ranked in ranking.items():
+        assert mutagen_genres(path) == [ranked[0][0]]
+    stored = {r["path"]: r for r in rows(tmp_path / "i.db", "select * from predictions")}
+    assert {r["status"] for r in stored.values()} == {"ok"} and all(r["written"] for r in stored.values())
+    assert {r["status"] for r in rows(tmp_path / "i.db", "select status from tracks")} == {"ok"}
+
+    two = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(tmp_path / "i.db"),
+                                           min_confidence=0.0, top_k=2, write_tags=True))
+    assert (two.scanned, two.relabelled, two.written) == (0, TRACKS, TRACKS)
+    for path, ranked in ranking.items():
+        assert sorted(mutagen_genres(path)) == sorted(label for label, _ in ranked[:2])
+
+    same = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(tmp_path / "i.db"),
+                                            min_confidence=0.0, top_k=2, write_tags=True))
+    assert (same.scanned, same.skipped, same.relabelled, same.written) == (0, TRACKS, 0, 0)
+
+
+def test_a_rescan_with_another_label_map_predicts_again(library, tmp_path, tiny_wav2vec2):
+    """Cached rankings went through the old map; a changed map (an edited --labels file) must give the
+    genres it names, so those tracks are predicted again."""
+    labels = tmp_path / "labels.toml"
+    labels.write_text('keep_unlisted = true\n')
+    args = dict(model=str(tiny_wav2vec2), db=str(tmp_path / "i.db"), min_confidence=0.0, top_k=4,
+                labels=str(labels))
+    first = tag_folder(library, ScanSettings(**args), keep_results=True)
+    assert first.scanned == TRACKS
+    assert tag_folder(library, ScanSettings(**args)).scanned == 0
+    labels.write_text('keep_unlisted = true\n[genres]\n"jazz" = "Jazz"\n"blues" = "Jazz"\n')
+    again = tag_folder(library, ScanSettings(**args), keep_results=True)
+    assert (again.scanned, again.skipped, again.relabelled) == (TRACKS, 0, 0)
+    for result in again.results:
+        assert "jazz" not in result.labels and "blues" not in result.labels and "Jazz" in result.labels
+
+
 def test_the_progress_bar_of_a_rescan_counts_only_the_tracks_it_predicts(library, tmp_path, tiny_wav2vec2):
     """A rescan of a big library with a few new files must not show (nor time its ETA for) every
     unchanged track as still to do."""
