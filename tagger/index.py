@@ -33,8 +33,8 @@ CACHE_COLUMNS = ("path", "size", "mtime_ns", "status", "written", "labels", "sco
 """What a scan needs of a stored prediction to skip its track, to decide its genres again under the
 scan's own settings, or to write them from the cache."""
 STORED_RANKING = 10
-"""Genres of each prediction's ranking kept in the index, best first: enough to decide a track's genres
-again for any ``--top-k`` up to this many."""
+"""Genres of each prediction's ranking kept in the index, best first (more when ``--top-k`` asks for
+more): enough to decide a track's genres again for any ``--top-k`` up to this many."""
 
 
 def now() -> float:
@@ -150,11 +150,12 @@ class Index:
 
     # -- writing results ------------------------------------------------------------------------------
     def record_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int,
-                       label_map: str | None = None) -> None:
+                       label_map: str | None = None, ranking_kept: int = STORED_RANKING) -> None:
         """Store a batch of :class:`TrackResult` in one transaction. ``label_map``: the digest of the
-        label map their rankings went through (:meth:`tagger.labels.LabelMap.digest`)."""
+        label map their rankings went through (:meth:`tagger.labels.LabelMap.digest`); ``ranking_kept``:
+        how many of each ranking's genres to store (at least ``STORED_RANKING``)."""
         with self._tx():
-            self._upsert_results(results, model_id, fingerprint, run_id, label_map)
+            self._upsert_results(results, model_id, fingerprint, run_id, label_map, ranking_kept)
 
     def relabel(self, decisions: list[dict], fingerprint: str) -> None:
         """Store genres decided again from cached rankings (``path`` as :func:`path_key`, ``status``,
@@ -170,7 +171,8 @@ class Index:
                                 [d["status"], now(), d["path"], fingerprint])
 
     def _upsert_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int,
-                        label_map: str | None = None) -> None:
+                        label_map: str | None = None, ranking_kept: int = STORED_RANKING) -> None:
+        ranking_kept = max(ranking_kept, STORED_RANKING)
         stamp = now()
         tracks, predictions = [], []
         for r in results:
@@ -190,7 +192,7 @@ class Index:
             predictions.append({
                 "path": key, "fingerprint": fingerprint, "model_id": model_id, "size": version[0],
                 "mtime_ns": version[1], "status": r.status, "labels": json.dumps(r.labels),
-                "scores": json.dumps(r.scores), "ranking": json.dumps(r.ranking[:STORED_RANKING]),
+                "scores": json.dumps(r.scores), "ranking": json.dumps(r.ranking[:ranking_kept]),
                 "window_labels": json.dumps(r.window_labels), "windows": r.windows, "error": r.error,
                 "written": int(r.written), "run_id": run_id, "created_at": stamp, "label_map": label_map})
         self.db["tracks"].upsert_all(tracks, pk="path", alter=True)
@@ -211,13 +213,14 @@ class Index:
         :meth:`complete_tag_write` runs, ``written_at`` is NULL; ``undo`` restores such a row too, which
         changes nothing if the write never reached the file.
 
-        ``prediction``, ``(TrackResult, model_id, fingerprint, label_map)``, is committed in the same
-        transaction: a crash during the write then leaves the file's prediction in the index, so the next
-        scan writes it from the cache instead of predicting the file again."""
+        ``prediction``, ``(TrackResult, model_id, fingerprint, label_map, ranking_kept)`` (as
+        :meth:`record_results` takes them), is committed in the same transaction: a crash during the
+        write then leaves the file's prediction in the index, so the next scan writes it from the cache
+        instead of predicting the file again."""
         with self._tx():
             if prediction is not None:
-                result, model_id, fingerprint, label_map = prediction
-                self._upsert_results([result], model_id, fingerprint, run_id, label_map)
+                result, model_id, fingerprint, label_map, ranking_kept = prediction
+                self._upsert_results([result], model_id, fingerprint, run_id, label_map, ranking_kept)
             self._drop_writes_that_never_happened(path)
             return self.db["tag_writes"].insert({
                 "run_id": run_id, "path": path_key(path), "raw_path": os.fsencode(path),

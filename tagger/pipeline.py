@@ -117,6 +117,10 @@ class _Scan:
         self.on_result = on_result or (lambda result: None)
         self.on_skipped = on_skipped or (lambda count: None)
         self.label_map = classifier.label_map.digest()
+        label_map = classifier.label_map
+        self.genre_count = len({label_map.genre(label) for label in classifier.labels
+                                if label_map.kept(label)})  # a complete ranking's length
+        self.ranking_kept = max(STORED_RANKING, settings.top_k)
         self.relabelled: list[dict] = []  # genres decided again from the cache, not yet in the index
         self.keep_results = keep_results
         self.min_confidence = (settings.min_confidence if settings.min_confidence is not None
@@ -205,7 +209,7 @@ class _Scan:
         ranking = [(label, score) for label, score in json.loads(row["ranking"] or "[]")]
         if not ranking:  # nothing to decide from
             return row
-        if self.settings.top_k > len(ranking) == STORED_RANKING:
+        if self.settings.top_k > len(ranking) < self.genre_count:  # more asked for than was stored
             return None
         status, labels, scores = choose_genres(ranking, self.settings.top_k, self.min_confidence)
         if status == row["status"] and labels == json.loads(row["labels"]):
@@ -257,7 +261,8 @@ class _Scan:
             journal_id = self.index.journal_intent(
                 self.summary.run_id, result.path, tags.snapshot_genres(result.path),
                 tags.read_genres(result.path), result.labels,
-                prediction=(result, self.classifier.model_id, fp, self.label_map) if fresh else None)
+                prediction=(result, self.classifier.model_id, fp, self.label_map, self.ranking_kept)
+                if fresh else None)
             change = tags.write_genres(
                 result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
@@ -318,7 +323,7 @@ class _Scan:
         self._store_relabelled()
         if self.pending:
             self.index.record_results(self.pending, self.classifier.model_id, self.classifier.fingerprint,
-                                      self.summary.run_id, self.label_map)
+                                      self.summary.run_id, self.label_map, self.ranking_kept)
             self.pending = []
         self.last_flush = time.monotonic()
 

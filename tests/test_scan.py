@@ -235,6 +235,21 @@ def test_a_rescan_decides_cached_genres_again_under_its_own_threshold_and_top_k(
     assert (same.scanned, same.skipped, same.relabelled, same.written) == (0, TRACKS, 0, 0)
 
 
+def test_a_top_k_beyond_the_stored_ranking_predicts_once_then_decides_from_the_cache(library, tmp_path):
+    """The index keeps 10 genres of each ranking; musicnn's map has 30. --top-k 12 needs more, so the
+    first such rescan predicts again (and stores 12), the next one decides from the cache."""
+    args = dict(model="builtin:musicnn-msd", db=str(tmp_path / "i.db"), min_confidence=0.0)
+    assert tag_folder(library, ScanSettings(**args)).scanned == TRACKS
+    assert {len(json.loads(r["ranking"])) for r in rows(tmp_path / "i.db", "select ranking from predictions")} == {10}
+    wider = tag_folder(library, ScanSettings(**args, top_k=12), keep_results=True)
+    assert (wider.scanned, wider.relabelled) == (TRACKS, 0)
+    assert {len(r.labels) for r in wider.results} == {12}
+    again = tag_folder(library, ScanSettings(**args, top_k=11))
+    assert (again.scanned, again.skipped, again.relabelled) == (0, TRACKS, TRACKS)
+    stored = rows(tmp_path / "i.db", "select labels from predictions")
+    assert {len(json.loads(r["labels"])) for r in stored} == {11}
+
+
 def test_a_rescan_with_another_label_map_predicts_again(library, tmp_path, tiny_wav2vec2):
     """Cached rankings went through the old map; a changed map (an edited --labels file) must give the
     genres it names, so those tracks are predicted again."""
