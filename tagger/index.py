@@ -167,8 +167,8 @@ class Index:
                                 "where path = ? and fingerprint = ?",
                                 [d["status"], json.dumps(d["labels"]), json.dumps(d["scores"]), d["written"],
                                  d["path"], fingerprint])
-                self.db.execute("update tracks set status = ?, updated_at = ? where path = ? and fingerprint = ?",
-                                [d["status"], now(), d["path"], fingerprint])
+                self.db.execute("update tracks set status = ?, updated_at = ? "
+                                "where path = ? and fingerprint = ?", [d["status"], now(), d["path"], fingerprint])
 
     def _upsert_results(self, results: Iterable, model_id: str, fingerprint: str, run_id: int,
                         label_map: str | None = None, ranking_kept: int = STORED_RANKING) -> None:

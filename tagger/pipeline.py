@@ -116,8 +116,8 @@ class _Scan:
         self.engine = engine
         self.on_result = on_result or (lambda result: None)
         self.on_skipped = on_skipped or (lambda count: None)
-        self.label_map = classifier.label_map.digest()
         label_map = classifier.label_map
+        self.label_map_digest = label_map.digest()
         self.genre_count = len({label_map.genre(label) for label in classifier.labels
                                 if label_map.kept(label)})  # a complete ranking's length
         self.ranking_kept = max(STORED_RANKING, settings.top_k)
@@ -204,7 +204,7 @@ class _Scan:
         kept; the track is then predicted again."""
         if row["status"] not in (OK, ABSTAINED):
             return row
-        if row["label_map"] not in (None, self.label_map):
+        if row["label_map"] not in (None, self.label_map_digest):
             return None
         ranking = [(label, score) for label, score in json.loads(row["ranking"] or "[]")]
         if not ranking:  # nothing to decide from
@@ -261,7 +261,7 @@ class _Scan:
             journal_id = self.index.journal_intent(
                 self.summary.run_id, result.path, tags.snapshot_genres(result.path),
                 tags.read_genres(result.path), result.labels,
-                prediction=(result, self.classifier.model_id, fp, self.label_map, self.ranking_kept)
+                prediction=(result, self.classifier.model_id, fp, self.label_map_digest, self.ranking_kept)
                 if fresh else None)
             change = tags.write_genres(
                 result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
@@ -323,7 +323,7 @@ class _Scan:
         self._store_relabelled()
         if self.pending:
             self.index.record_results(self.pending, self.classifier.model_id, self.classifier.fingerprint,
-                                      self.summary.run_id, self.label_map, self.ranking_kept)
+                                      self.summary.run_id, self.label_map_digest, self.ranking_kept)
             self.pending = []
         self.last_flush = time.monotonic()
 

@@ -240,7 +240,8 @@ def test_a_top_k_beyond_the_stored_ranking_predicts_once_then_decides_from_the_c
     first such rescan predicts again (and stores 12), the next one decides from the cache."""
     args = dict(model="builtin:musicnn-msd", db=str(tmp_path / "i.db"), min_confidence=0.0)
     assert tag_folder(library, ScanSettings(**args)).scanned == TRACKS
-    assert {len(json.loads(r["ranking"])) for r in rows(tmp_path / "i.db", "select ranking from predictions")} == {10}
+    stored = rows(tmp_path / "i.db", "select ranking from predictions")
+    assert {len(json.loads(r["ranking"])) for r in stored} == {10}
     wider = tag_folder(library, ScanSettings(**args, top_k=12), keep_results=True)
     assert (wider.scanned, wider.relabelled) == (TRACKS, 0)
     assert {len(r.labels) for r in wider.results} == {12}
