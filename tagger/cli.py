@@ -80,8 +80,8 @@ def scan(path, as_json, **options):
     view = ScanView(settings, as_json=as_json)
     try:
         with view:
-            summary = tag_folder(path, settings, on_result=view.result, on_discovered=view.discovered,
-                                     on_skipped=view.skipped)
+            summary = tag_folder(path, settings, on_result=view.result, on_skipped=view.skipped,
+                                 on_discovered=view.discovered if view.shows_progress else None)
     except KeyboardInterrupt:
         view.interrupted()
         sys.exit(EXIT_INTERRUPTED)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from .aggregate import choose_genres, rank_labels
 from .batching import predict_in_batches
 from .decode import decode_file, windows_from_array
-from .discover import discover
+from .discover import count_audio_files, discover
 from .engine import LocalEngine, default_batch_size
 from .errors import FileChanged, FileError, GenretagError
 from .index import STORED_RANKING, path_key
@@ -59,8 +59,10 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     """Scan ``root``: predict every new or changed track, record it in the index and, with
     ``settings.write_tags``, write its genres. Returns the counts. ``on_result`` sees each track
     predicted or failed (and on a dry run each cached prediction not yet written, as a skipped result
-    with its labels), ``on_discovered`` the number of tracks found, and ``on_skipped`` each number of
-    unchanged tracks the index served, as the scan comes to them (a progress bar's total shrinks by it).
+    with its labels), ``on_discovered`` how many results to expect (the files discovery will come to, counted
+    in a quick pass of its own before the scan starts; only asked for when given), and ``on_skipped``
+    each number of unchanged tracks the index served, as the scan comes to them (a progress bar's total
+    shrinks by it). Discovery streams into the scan, so memory does not grow with the library.
 
     ``engine`` decides where decoding and inference run (see :mod:`tagger.engine`); by default the
     one ``settings.engine`` names (:func:`make_engine`). Discovery, the index and tag writing always
@@ -81,10 +83,9 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
         engine = engine or make_engine(classifier, settings)
         scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results, on_skipped)
         try:
-            tracks = list(discover(root, on_error=scan.discovery_failed))
             if on_discovered:
-                on_discovered(len(tracks))
-            scan.run(tracks)
+                on_discovered(count_audio_files(root))
+            scan.run(discover(root, on_error=scan.discovery_failed))
             if scan.requeue:
                 scan.run(list(scan.requeue), requeued=True)
         except KeyboardInterrupt:

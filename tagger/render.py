@@ -36,10 +36,11 @@ class ScanView:
         self.as_json = as_json
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
+        self.shows_progress = self.err.is_terminal  # else the bar's total is not worth a counting pass
         self.progress = Progress(
             TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} tracks/s"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.err, transient=True, disable=not self.err.is_terminal)
+            TimeRemainingColumn(), console=self.err, transient=True, disable=not self.shows_progress)
         self.task = self.progress.add_task("scan", total=None, rate="–")
         self.planned: list[tuple[str, str, str, str]] = []
         self.from_index = 0  # planned changes predicted by an earlier scan

@@ -1,11 +1,12 @@
 """Discovery: deterministic, loop-free, and never stuck on special files."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tagger import ScanSettings, tag_folder
-from tagger.discover import discover, is_audio_name
+from tagger.discover import count_audio_files, discover, is_audio_name
 
 
 def touch(path: Path) -> Path:
@@ -49,9 +50,55 @@ def test_unreadable_directory_is_reported(tmp_path):
     errors = []
     try:
         assert list(discover(tmp_path, on_error=errors.append)) == []
+        assert count_audio_files(tmp_path) == 1  # the error line is a result of its own
     finally:
         (tmp_path / "locked").chmod(0o755)
     assert "cannot read directory" in errors[0].reason
+
+
+def test_the_counting_pass_comes_to_what_discovery_yields_and_reports(tmp_path):
+    """The progress bar's total: every track discovery yields and every file it reports, no more."""
+    for name in ("a/1.flac", "a/b/2.MP3", "a/notes.txt", "c/3.opus", "cover.jpg"):
+        touch(tmp_path / name)
+    os.mkfifo(tmp_path / "c/pipe.wav")
+    os.symlink("/dev/zero", tmp_path / "zero.wav")
+    os.symlink(tmp_path / "a", tmp_path / "c/loop")  # a folder reached twice is walked once
+    errors = []
+    found = list(discover(tmp_path, on_error=errors.append))
+    assert (len(found), len(errors)) == (3, 2)
+    assert count_audio_files(tmp_path) == 5
+    assert count_audio_files(tmp_path / "a/notes.txt") == count_audio_files(tmp_path / "a/1.flac") == 1
+    missing = []
+    assert list(discover(tmp_path / "missing", on_error=missing.append)) == []
+    assert count_audio_files(tmp_path / "missing") == len(missing) == 1
+
+
+def test_discovery_streams_into_the_scan(mixed_library_src, tmp_path, tiny_wav2vec2, monkeypatch):
+    """The scan predicts tracks while the walk goes on, rather than holding a list of the whole library
+    first (about 330 MiB per million tracks): a folder the walk has not entered when the first result
+    comes is read only then, and what it holds by then is scanned."""
+    import tagger.pipeline
+
+    monkeypatch.setattr(tagger.pipeline, "CACHE_CHUNK", 1)  # look tracks up one at a time
+    src = next(mixed_library_src.rglob("*.flac"))
+    lib = tmp_path / "lib"
+    for name in ("a/1.flac", "b/2.flac"):
+        (lib / name).parent.mkdir(parents=True)
+        shutil.copy(src, lib / name)
+    (lib / "z").mkdir()
+    late = lib / "z" / "late.flac"
+    results = []
+
+    def add_a_file_at_the_first_result(result) -> None:
+        results.append(Path(result.path).name)
+        if not late.exists():
+            shutil.copy(src, late)
+
+    summary = tag_folder(lib, ScanSettings(model=str(tiny_wav2vec2), db=str(tmp_path / "i.db"), workers=0,
+                                           concurrent_batches=1, min_confidence=0.0),
+                         on_result=add_a_file_at_the_first_result)
+    assert results == ["1.flac", "2.flac", "late.flac"]
+    assert summary.tagged == 3
 
 
 def test_non_utf8_names_are_scanned_and_indexed(mixed_library_src, tmp_path, tiny_wav2vec2):

@@ -249,22 +249,27 @@ def test_the_decoders_import_does_not_count_against_the_first_files_time_bound(t
     assert results == {str(f): ["ok", None] for f in files}
 
 
-def test_a_fifo_swapped_in_after_discovery_times_out(tmp_path, classifier):
+def test_a_fifo_swapped_in_after_discovery_times_out(tmp_path, classifier, monkeypatch):
     """Opening a FIFO blocks until someone writes to it, like a read from a vanished network share:
     the decode time bound fails that file and the scan goes on."""
+    import tagger.pipeline
+
     lib = tmp_path / "lib"
     files = make_files(lib, ["a.flac", "b.mp3", "c.flac"])
     victim = lib / "b.mp3"
     original, st = victim.read_bytes(), victim.stat()
 
-    def swap(count: int) -> None:
+    def discover_then_swap(root, on_error=None):
+        yield from discover(root, on_error=on_error)  # every file stat-ed as a regular file
         victim.unlink()
         os.mkfifo(victim)
+        monkeypatch.undo()  # once
 
+    monkeypatch.setattr(tagger.pipeline, "discover", discover_then_swap)
     started = time.monotonic()
     try:
         summary = tag_folder(lib, scan_settings(tmp_path, decode_timeout=2), classifier=classifier,
-                             on_discovered=swap, keep_results=True)
+                             keep_results=True)
     finally:
         release_fifo_readers(victim)
     assert time.monotonic() - started < 60
