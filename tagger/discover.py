@@ -1,9 +1,9 @@
 """Step 1: find the audio files under a folder.
 
 The walk is deterministic (names sorted at every level), follows symbolic links but never enters the
-same directory twice (so link loops end), and reports unreadable directories instead of failing. It streams: each track is stat-ed and yielded as the
-walk comes to it, so its memory does not grow with the library (:func:`count_audio_files` gives a
-progress bar its total in a cheaper pass of its own).
+same directory twice (so link loops end), and reports unreadable directories instead of failing. It
+streams: each track is stat-ed and yielded as the walk comes to it, so its memory does not grow with
+the library (:func:`count_audio_files` gives a progress bar its total in a cheaper pass of its own).
 """
 from __future__ import annotations
 
