@@ -17,6 +17,10 @@ from rich.table import Table
 from .records import ABSTAINED, FAILED, OK, SKIPPED
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+PLANNED_TABLE_ROWS = 1000
+"""A dry run's table shows at most this many planned changes. A first dry run of a library plans one
+for every track, and rich lays a table out whole: 50,000 rows took 28 s and 200 MiB to print on a
+2-core machine. ``--json`` lists every one, and ``genretag report`` sums them up."""
 
 
 def shown_path(path: str) -> str:
@@ -42,7 +46,8 @@ class ScanView:
             TextColumn("{task.fields[rate]} tracks/s"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), console=self.err, transient=True, disable=not self.shows_progress)
         self.task = self.progress.add_task("scan", total=None, rate="–")
-        self.planned: list[tuple[str, str, str, str]] = []
+        self.planned: list[tuple[str, str, str, str]] = []  # the first PLANNED_TABLE_ROWS of them
+        self.planned_count = 0
         self.from_index = 0  # planned changes predicted by an earlier scan
 
     def __enter__(self):
@@ -74,16 +79,11 @@ class ScanView:
                 click.echo(json.dumps(result.as_json()))
             return
         if self.settings.dry_run and (result.status in (OK, ABSTAINED) or result.labels):
-            current = ", ".join((result.tags or {}).get("genres", [])) or "—"
             if result.status == SKIPPED:  # unchanged since an earlier scan predicted it, never written
                 self.from_index += 1
-            if result.status != ABSTAINED:
-                new, scores = ", ".join(result.labels), result.scores
-            else:  # show what the model leaned to, so a user can judge the threshold
-                best = result.ranking[:1]
-                new, scores = f"(abstain; best {best[0][0]})" if best else "(abstain)", [s for _, s in best]
-            confidence = ", ".join(f"{s:.2f}" for s in scores)
-            self.planned.append((shown_path(result.path), current, new, confidence))
+            self.planned_count += 1
+            if len(self.planned) < PLANNED_TABLE_ROWS:
+                self.planned.append(_planned_row(result))
 
     def interrupted(self) -> None:
         self.progress.stop()
@@ -108,14 +108,31 @@ class ScanView:
         if not self.planned:
             self.out.print("No tag changes planned (dry run: no file was touched).")
             return
-        caption = (f"{self.from_index} of them predicted by an earlier scan (unchanged files, from the "
-                   "index)" if self.from_index else None)
-        table = Table(title="Planned tag changes (dry run: no file was touched)", caption=caption)
+        notes = []
+        if self.planned_count > len(self.planned):
+            notes.append(f"The first {len(self.planned):,} of {self.planned_count:,} planned changes are "
+                         "shown; --json lists every one.")
+        if self.from_index:
+            notes.append(f"{self.from_index:,} of them predicted by an earlier scan (unchanged files, from "
+                         "the index).")
+        table = Table(title="Planned tag changes (dry run: no file was touched)",
+                      caption="\n".join(notes) or None)
         for name in ("path", "current genre", "new genre", "confidence"):
             table.add_column(name, overflow="fold")
         for row in self.planned:
             table.add_row(*map(escape, row))
         self.out.print(table)
+
+
+def _planned_row(result) -> tuple[str, str, str, str]:
+    """A dry run's table row: path, the genres the file holds, the new ones and their confidence."""
+    current = ", ".join((result.tags or {}).get("genres", [])) or "—"
+    if result.status != ABSTAINED:
+        new, scores = ", ".join(result.labels), result.scores
+    else:  # show what the model leaned to, so a user can judge the threshold
+        best = result.ranking[:1]
+        new, scores = f"(abstain; best {best[0][0]})" if best else "(abstain)", [s for _, s in best]
+    return shown_path(result.path), current, new, ", ".join(f"{s:.2f}" for s in scores)
 
 
 def history_table(runs: list[dict], writes: dict[int, int]) -> None:

@@ -143,6 +143,27 @@ def test_dry_run_touches_no_file(library, tmp_path, tiny_wav2vec2):
     assert snapshot(library) == before
 
 
+def test_a_dry_run_of_a_large_library_shows_the_first_rows_and_says_how_many_more(library, tmp_path,
+                                                                                  tiny_wav2vec2, monkeypatch):
+    """A first dry run plans a change for every track; laying out a table of a million rows would take
+    minutes and gigabytes, so the table stops at PLANNED_TABLE_ROWS and says so; --json has them all."""
+    import tagger.render
+
+    monkeypatch.setattr(tagger.render, "PLANNED_TABLE_ROWS", 3)
+    args = ["scan", str(library), "--model", str(tiny_wav2vec2), "--dry-run", "--min-confidence", "0",
+            "--db", str(tmp_path / "i.db")]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    rows_shown = [line for line in result.stdout.splitlines() if str(library) in line]
+    assert len(rows_shown) == 3
+    assert f"The first 3 of {TRACKS} planned changes are shown; --json lists every one." in result.stdout
+    listed = CliRunner().invoke(cli, args + ["--json"], catch_exceptions=False)
+    assert len([line for line in listed.stdout.splitlines() if line.startswith("{")]) == TRACKS
+    again = CliRunner().invoke(cli, args, catch_exceptions=False, env={"COLUMNS": "300"})
+    assert f"The first 3 of {TRACKS} planned changes are shown" in again.stdout
+    assert f"{TRACKS} of them predicted by an earlier scan" in again.stdout
+
+
 def test_write_tags_reads_back_with_mutagen(library, tmp_path, tiny_wav2vec2):
     summary = tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True), keep_results=True)
     assert summary.written == TRACKS
