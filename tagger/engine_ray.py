@@ -7,13 +7,16 @@ and :func:`~tagger.batching.predict_in_batches` — scheduled by Ray Data instea
                                  ─► map_batches(Predictor) actors, each loads the model once
     driver: ◄── iter_rows ── (track, probabilities) or (track, reason it failed)
 
-Discovery, the index and tag writing stay on the driver: the undo journal and the index's
-write-ahead journal live in the driver's SQLite file, so workers only read the audio files, which
-must be at the same paths on every machine (a shared filesystem). Rows carry paths as bytes, because
+The driver hands the tracks to ``from_items`` ``TRACKS_PER_PART`` at a time, each part going into Ray's
+object store as it is made, so it never holds a list of the whole library. Discovery, the index and
+tag writing stay on the driver: the undo journal and the index's write-ahead journal live in the
+driver's SQLite file, so workers only read the audio files, which must be at the same paths on every
+machine (a shared filesystem). Rows carry paths as bytes, because
 Arrow strings must be UTF-8 and Linux file names need not be.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -33,6 +36,10 @@ MAX_TRACKS_PER_DECODE_TASK = 256
 """A decode task of 256 tracks runs for about half a minute on one core, and 10 million tracks make
 40,000 tasks, which the driver sets up in about a minute; small libraries get smaller tasks, so that
 every CPU of the cluster has some."""
+
+TRACKS_PER_PART = 100_000
+"""The driver puts the tracks to predict into Ray's object store this many at a time, so that it holds
+one part's rows (about 0.6 KB per track, 60 MB) rather than a list of the whole library's."""
 
 MODEL_BATCHES_PER_CALL = 4
 """Tracks handed to an inference actor at once fill about this many model batches, so only one
@@ -57,14 +64,11 @@ class RayEngine:
         self.model = resolve_model_name(settings.model)
 
     def predictions(self, tracks: Iterable[Track]) -> Iterator[tuple]:
-        rows = [_track_row(t) for t in tracks]  # the pipeline's cache check reads the index: here
-        if not rows:
-            return
-        self._connect()
         try:
             with _quiet_ray_data():
-                dataset = self._dataset(rows)
-                del rows  # now in Ray's object store; a 10M-track list is gigabytes here
+                dataset = self._dataset(tracks)
+                if dataset is None:
+                    return
                 for row in dataset.iter_rows():
                     yield _from_row(row)
         except self.ray.exceptions.RayError as err:
@@ -80,18 +84,31 @@ class RayEngine:
             where = self.settings.ray_address or "$RAY_ADDRESS or a local cluster"
             raise GenretagError(f"cannot start or reach the Ray cluster ({where}): {err}") from None
 
-    def _dataset(self, rows: list[dict]):
+    def _dataset(self, tracks: Iterable[Track]):
+        """The whole job as one Ray dataset, or None when there is nothing to predict. Tracks go into
+        Ray's object store ``TRACKS_PER_PART`` at a time, as the pipeline's cache check lets them
+        through (it reads the index, so it runs here, on the driver)."""
         from ray.data import DataContext
 
+        tracks = iter(tracks)
+        chunk = list(itertools.islice(tracks, TRACKS_PER_PART))
+        if not chunk:
+            return None
+        self._connect()
         cpus = max(int(self.ray.cluster_resources().get("CPU", 1)), 1)
-        per_task = min(MAX_TRACKS_PER_DECODE_TASK, max(1, math.ceil(len(rows) / (4 * cpus))))
         with warnings.catch_warnings():  # Ray 2.58's copy() warns about its own deprecated fields
             warnings.simplefilter("ignore", DeprecationWarning)
             context = DataContext.get_current().copy()
         context.enable_progress_bars = False  # genretag draws its own
         context.print_on_execution_start = context.enable_auto_log_stats = False
         with DataContext.current(context):
-            ds = self.ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_task))
+            parts = []
+            while chunk:
+                per_task = min(MAX_TRACKS_PER_DECODE_TASK, max(1, math.ceil(len(chunk) / (4 * cpus))))
+                parts.append(self.ray.data.from_items([_track_row(t) for t in chunk],
+                                                      override_num_blocks=math.ceil(len(chunk) / per_task)))
+                chunk = list(itertools.islice(tracks, TRACKS_PER_PART))
+            ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
             ds = ds.map(decode_row, num_cpus=1, max_retries=DECODE_TASK_RETRIES, fn_kwargs={
                 "sample_rate": self.classifier.sampling_rate, "max_windows": self.settings.max_windows,
                 "timeout": self.settings.decode_timeout})

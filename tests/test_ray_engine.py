@@ -78,6 +78,18 @@ def test_same_results_and_index_as_the_local_engine(library, tmp_path, request, 
         assert row["duration"] == pytest.approx(want[path]["duration"])
 
 
+def test_a_library_handed_to_ray_in_parts_scans_as_in_one(library, tmp_path, tiny_wav2vec2, monkeypatch):
+    """The driver puts tracks into Ray's object store a part at a time rather than listing the whole
+    library (0.6 KB per track): 8 tracks in parts of 3 give the local engine's results."""
+    import tagger.engine_ray
+
+    monkeypatch.setattr(tagger.engine_ray, "TRACKS_PER_PART", 3)
+    local = scan(library, tmp_path, tiny_wav2vec2, engine="local", db="local.db")
+    remote = scan(library, tmp_path, tiny_wav2vec2, db="ray.db")
+    assert (remote.scanned, remote.tagged) == (TRACKS, TRACKS)
+    assert_same_results(local, remote)
+
+
 def test_a_second_scan_skips_unchanged_files_and_predicts_a_touched_one(library, tmp_path, tiny_wav2vec2):
     first = scan(library, tmp_path, tiny_wav2vec2)
     assert (first.scanned, first.skipped) == (TRACKS, 0)
