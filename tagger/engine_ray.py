@@ -11,8 +11,8 @@ The driver hands the tracks to ``from_items`` ``TRACKS_PER_PART`` at a time, eac
 object store as it is made, so it never holds a list of the whole library. Discovery, the index and
 tag writing stay on the driver: the undo journal and the index's write-ahead journal live in the
 driver's SQLite file, so workers only read the audio files, which must be at the same paths on every
-machine (a shared filesystem). Rows carry paths as bytes, because
-Arrow strings must be UTF-8 and Linux file names need not be.
+machine (a shared filesystem). Rows carry paths as bytes, because Arrow strings must be UTF-8 and
+Linux file names need not be.
 """
 from __future__ import annotations
 
