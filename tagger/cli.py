@@ -101,13 +101,19 @@ def scan(path, as_json, **options):
 def undo(paths, run_id, keep_mtime, db):
     """Restore the genre tags that a scan wrote, exactly as they were before."""
     from .journal import undo as undo_writes
+    from .render import UndoView
 
+    view = UndoView()
     try:
-        summary = undo_writes(ScanSettings(db=db).db_path(), run_id, list(paths) or None, keep_mtime)
+        with view:
+            summary = undo_writes(ScanSettings(db=db).db_path(), run_id, list(paths) or None, keep_mtime,
+                                  on_total=view.total, on_file=view.file)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. The files restored so far are recorded; run the same undo again to "
+                   "restore the others.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except GenretagError as err:
         raise click.ClickException(str(err)) from None
-    for line in summary.errors:
-        click.echo(f"error: {line}", err=True)
     if not summary.restored and not summary.failed:
         click.echo("Nothing to undo.")
         return

@@ -23,12 +23,13 @@ import socket
 import sqlite3
 import time
 from contextlib import contextmanager
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 LOOKUP_CHUNK = 500  # paths per query; SQLite builds before 3.32 allow at most 999 parameters
+UNDO_PAGE = 1000  # journal rows an undo reads at a time
 CACHE_COLUMNS = ("path", "size", "mtime_ns", "status", "written", "labels", "scores", "ranking", "label_map")
 """What a scan needs of a stored prediction to skip its track, to decide its genres again under the
 scan's own settings, or to write them from the cache."""
@@ -285,21 +286,41 @@ class Index:
                         [size, mtime_ns, json.dumps(genres), key])
 
     # -- undo -----------------------------------------------------------------------------------------
-    def writes_to_undo(self, run_id: int | None = None, paths: list[str] | None = None) -> list[dict]:
-        """Not-yet-undone writes, newest first: of one run (default: the last run that wrote), or of paths."""
+    def undo_scope(self, run_id: int | None = None, paths: list[str] | None = None) -> tuple[str, list] | None:
+        """Which not-yet-undone writes an undo covers, as an SQL condition and its arguments: those to
+        ``paths``, else those of run ``run_id`` (default: the last run that wrote). None: nothing."""
         if paths:
             keys = [path_key(os.path.abspath(p)) for p in paths]
-            marks = ",".join("?" * len(keys))
-            return list(self.db.query(
-                f"select * from tag_writes where undone_at is null and path in ({marks}) order by id desc",
-                keys))
+            return f"path in ({','.join('?' * len(keys))})", keys
         if run_id is None:
-            row = self.db.execute("select max(run_id) from tag_writes where undone_at is null").fetchone()
-            run_id = row[0]
+            run_id = self.db.execute("select max(run_id) from tag_writes where undone_at is null").fetchone()[0]
             if run_id is None:
-                return []
-        return list(self.db.query(
-            "select * from tag_writes where undone_at is null and run_id = ? order by id desc", [run_id]))
+                return None
+        return "run_id = ?", [run_id]
+
+    def count_writes_to_undo(self, scope: tuple[str, list] | None) -> int:
+        if scope is None:
+            return 0
+        where, args = scope
+        return self.db.execute(f"select count(*) from tag_writes where undone_at is null and {where}",
+                               args).fetchone()[0]
+
+    def writes_to_undo(self, scope: tuple[str, list] | None) -> Iterator[dict]:
+        """The writes in ``scope`` (:meth:`undo_scope`) not yet undone, newest first, read
+        ``UNDO_PAGE`` at a time: a run that wrote a million files is not held in memory. Each page is
+        read whole before the caller marks any write undone, and the next starts below its last id."""
+        if scope is None:
+            return
+        where, args = scope
+        below: list = []
+        while True:
+            page = list(self.db.query(
+                f"select * from tag_writes where undone_at is null and {where}{' and id < ?' if below else ''} "
+                f"order by id desc limit {UNDO_PAGE}", args + below))
+            yield from page
+            if len(page) < UNDO_PAGE:
+                return
+            below = [page[-1]["id"]]
 
     def mark_undone(self, write_id: int, undo_run_id: int, size: int | None, mtime_ns: int | None,
                     path: str, genres: list[str]) -> None:

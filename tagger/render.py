@@ -124,6 +124,34 @@ class ScanView:
         self.out.print(table)
 
 
+class UndoView:
+    """``genretag undo``'s progress bar and error lines, shown as the files are restored: undoing a
+    large scan rewrites every file it wrote, which takes as long as writing them did."""
+
+    def __init__(self):
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.progress = Progress(
+            TextColumn("[bold]undo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=self.err, transient=True,
+            disable=not self.err.is_terminal)
+        self.task = self.progress.add_task("undo", total=None)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def total(self, count: int) -> None:
+        self.progress.update(self.task, total=count)
+
+    def file(self, path: str, error: str | None) -> None:
+        self.progress.advance(self.task)
+        if error:
+            self.err.print(f"[red]error:[/] {escape(shown_path(error))}")  # names as `scan` shows them
+
+
 def _planned_row(result) -> tuple[str, str, str, str]:
     """A dry run's table row: path, the genres the file holds, the new ones and their confidence."""
     current = ", ".join((result.tags or {}).get("genres", [])) or "—"

@@ -4,8 +4,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tagger import ScanSettings, tag_folder
+from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.discover import count_audio_files, discover, is_audio_name
 
 
@@ -112,3 +114,8 @@ def test_non_utf8_names_are_scanned_and_indexed(mixed_library_src, tmp_path, tin
     assert (summary.tagged, summary.failed, summary.written) == (1, 1, 1)
     again = tag_folder(lib, ScanSettings(model=str(tiny_wav2vec2), db=str(tmp_path / "i.db")))
     assert again.skipped == 1
+    (lib / name).chmod(0o444)  # an undo that cannot restore it names it as the index does
+    undo = CliRunner().invoke(cli, ["undo", "--db", str(tmp_path / "i.db")], catch_exceptions=False)
+    assert undo.exit_code == EXIT_FILES_FAILED
+    errors = [line for line in undo.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "caf\\xe9-latin1.flac" in errors[0]

@@ -325,6 +325,65 @@ def test_undo_restores_the_previous_tags(library, tmp_path, tiny_wav2vec2):
     assert [r["command"] for r in json.loads(history.output)] == ["undo", "scan"]
 
 
+def test_a_large_undo_reads_its_journal_in_pages_and_reports_each_file_as_it_goes(library, tmp_path,
+                                                                                  tiny_wav2vec2, monkeypatch):
+    """Undoing a scan that wrote a million files must not hold its journal in memory: pages of 3 rows
+    restore all 8 files. A file that cannot be restored fails alone, named on its own error line; the
+    next undo of the run restores it, and only it."""
+    import tagger.index
+
+    monkeypatch.setattr(tagger.index, "UNDO_PAGE", 3)
+    files = sorted(p for p in library.rglob("*") if p.is_file())
+    before = {p: mutagen_genres(p) for p in files}
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    written = {p: mutagen_genres(p) for p in files}
+    assert all(written[p] != before[p] for p in files)
+    stuck = files[3]
+    stuck.chmod(0o444)
+    db = str(tmp_path / "index.db")
+    out = CliRunner().invoke(cli, ["undo", "--db", db], catch_exceptions=False)
+    assert out.exit_code == EXIT_FILES_FAILED, out.output
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(stuck) in errors[0] and "read-only" in errors[0]
+    assert f"Restored {TRACKS - 1} file(s); 1 failed." in out.stdout
+    assert {p: mutagen_genres(p) for p in files} == {**before, stuck: written[stuck]}
+    stuck.chmod(0o644)
+    again = CliRunner().invoke(cli, ["undo", "--db", db], catch_exceptions=False)
+    assert again.exit_code == 0 and "Restored 1 file(s); 0 failed." in again.stdout
+    assert {p: mutagen_genres(p) for p in files} == before
+    undone = rows(tmp_path / "index.db", "select count(*) as n from tag_writes where undone_at is not null")
+    assert undone[0]["n"] == TRACKS
+
+
+def test_an_undo_stopped_by_ctrl_c_is_finished_by_running_it_again(library, tmp_path, tiny_wav2vec2,
+                                                                    monkeypatch):
+    import tagger.tags
+
+    files = sorted(p for p in library.rglob("*") if p.is_file())
+    before = {p: mutagen_genres(p) for p in files}
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    restore, calls = tagger.tags.restore_genres, []
+
+    def ctrl_c_at_the_third_file(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return restore(*args, **kwargs)
+
+    monkeypatch.setattr(tagger.tags, "restore_genres", ctrl_c_at_the_third_file)
+    db = str(tmp_path / "index.db")
+    out = CliRunner().invoke(cli, ["undo", "--db", db])
+    assert out.exit_code == 130 and "run the same undo again" in out.stderr
+    assert sum(mutagen_genres(p) == before[p] for p in files) == 2
+    monkeypatch.undo()
+    again = CliRunner().invoke(cli, ["undo", "--db", db], catch_exceptions=False)
+    assert again.exit_code == 0 and f"Restored {TRACKS - 2} file(s); 0 failed." in again.stdout
+    assert {p: mutagen_genres(p) for p in files} == before
+    undos = rows(tmp_path / "index.db",
+                 "select interrupted, restored from runs where command = 'undo' order by id")
+    assert [(r["interrupted"], r["restored"]) for r in undos] == [(1, 2), (0, TRACKS - 2)]
+
+
 def test_bad_files_are_reported_and_the_scan_goes_on(library, tmp_path, tiny_wav2vec2):
     (library / "broken.mp3").write_text("<html>not audio</html>")
     (library / "empty.flac").write_bytes(b"")
