@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import click
 from rich.console import Console
@@ -17,6 +18,7 @@ from rich.table import Table
 from .records import ABSTAINED, FAILED, OK, SKIPPED
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RATE_EVERY_SECONDS = 0.5
 PLANNED_TABLE_ROWS = 1000
 """A dry run's table shows at most this many planned changes. A first dry run of a library plans one
 for every track, and rich lays a table out whole: 50,000 rows took 28 s and 200 MiB to print on a
@@ -49,6 +51,7 @@ class ScanView:
         self.planned: list[tuple[str, str, str, str]] = []  # the first PLANNED_TABLE_ROWS of them
         self.planned_count = 0
         self.from_index = 0  # planned changes predicted by an earlier scan
+        self.rate_shown_at = -RATE_EVERY_SECONDS
 
     def __enter__(self):
         self.progress.start()
@@ -69,8 +72,7 @@ class ScanView:
     def result(self, result) -> None:
         if result.status != SKIPPED:  # skipped: counted by skipped(), or to be predicted again
             self.progress.advance(self.task)
-        speed = self.progress.tasks[0].speed
-        self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
+            self._show_rate()
         if result.status == FAILED:
             self.err.print(f"[red]error:[/] {escape(shown_path(result.path))}: "
                            f"{escape(result.error or 'failed')}")
@@ -84,6 +86,15 @@ class ScanView:
             self.planned_count += 1
             if len(self.planned) < PLANNED_TABLE_ROWS:
                 self.planned.append(_planned_row(result))
+
+    def _show_rate(self) -> None:
+        """The tracks/s column, at most every ``RATE_EVERY_SECONDS``: rich sums up to 1,000 samples for
+        each reading, 0.18 ms, which a folder of files that all fail at once would pay per file."""
+        now = time.monotonic()
+        if now - self.rate_shown_at >= RATE_EVERY_SECONDS:
+            self.rate_shown_at = now
+            speed = self.progress.tasks[0].speed
+            self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
 
     def interrupted(self) -> None:
         self.progress.stop()
