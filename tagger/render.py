@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import click
 from rich.console import Console
@@ -18,7 +17,6 @@ from rich.table import Table
 from .records import ABSTAINED, FAILED, OK, SKIPPED
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-RATE_EVERY_SECONDS = 0.5
 PLANNED_TABLE_ROWS = 1000
 """A dry run's table shows at most this many planned changes. A first dry run of a library plans one
 for every track, and rich lays a table out whole: 50,000 rows took 28 s and 200 MiB to print on a
@@ -34,7 +32,28 @@ def shown_path(path: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], path_key(path))
 
 
-class ScanView:
+def progress_bar(console: Console, name: str, *extra: TextColumn) -> Progress:
+    """A transient bar on ``console`` (stderr), hidden where that is not a terminal: the count done,
+    ``extra`` columns, the time elapsed and the ETA."""
+    return Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+                    disable=not console.is_terminal)
+
+
+class _LiveView:
+    """A view whose progress bar shows while it is used as a context manager."""
+
+    progress: Progress
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+
+class ScanView(_LiveView):
     """Everything ``genretag scan`` shows while it runs and when it ends."""
 
     def __init__(self, settings, as_json: bool = False):
@@ -43,22 +62,11 @@ class ScanView:
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self.shows_progress = self.err.is_terminal  # else the bar's total is not worth a counting pass
-        self.progress = Progress(
-            TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} tracks/s"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.err, transient=True, disable=not self.shows_progress)
+        self.progress = progress_bar(self.err, "scan", TextColumn("{task.fields[rate]} tracks/s"))
         self.task = self.progress.add_task("scan", total=None, rate="–")
         self.planned: list[tuple[str, str, str, str]] = []  # the first PLANNED_TABLE_ROWS of them
         self.planned_count = 0
         self.from_index = 0  # planned changes predicted by an earlier scan
-        self.rate_shown_at = -RATE_EVERY_SECONDS
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
 
     def discovered(self, total: int) -> None:
         self.progress.update(self.task, total=total)
@@ -72,7 +80,8 @@ class ScanView:
     def result(self, result) -> None:
         if result.status != SKIPPED:  # skipped: counted by skipped(), or to be predicted again
             self.progress.advance(self.task)
-            self._show_rate()
+        speed = self.progress.tasks[0].speed
+        self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
         if result.status == FAILED:
             self.err.print(f"[red]error:[/] {escape(shown_path(result.path))}: "
                            f"{escape(result.error or 'failed')}")
@@ -86,15 +95,6 @@ class ScanView:
             self.planned_count += 1
             if len(self.planned) < PLANNED_TABLE_ROWS:
                 self.planned.append(_planned_row(result))
-
-    def _show_rate(self) -> None:
-        """The tracks/s column, at most every ``RATE_EVERY_SECONDS``: rich sums up to 1,000 samples for
-        each reading, 0.18 ms, which a folder of files that all fail at once would pay per file."""
-        now = time.monotonic()
-        if now - self.rate_shown_at >= RATE_EVERY_SECONDS:
-            self.rate_shown_at = now
-            speed = self.progress.tasks[0].speed
-            self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
 
     def interrupted(self) -> None:
         self.progress.stop()
@@ -135,27 +135,21 @@ class ScanView:
         self.out.print(table)
 
 
-class UndoView:
+class UndoView(_LiveView):
     """``genretag undo``'s progress bar and error lines, shown as the files are restored: undoing a
     large scan rewrites every file it wrote, which takes as long as writing them did."""
 
     def __init__(self):
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.progress = Progress(
-            TextColumn("[bold]undo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=self.err, transient=True,
-            disable=not self.err.is_terminal)
+        self.progress = progress_bar(self.err, "undo")
         self.task = self.progress.add_task("undo", total=None)
 
     def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
+        return self  # the bar starts once there is something to undo
 
     def total(self, count: int) -> None:
         self.progress.update(self.task, total=count)
+        self.progress.start()
 
     def file(self, path: str, error: str | None) -> None:
         self.progress.advance(self.task)
