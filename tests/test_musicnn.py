@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tagger.errors import ModelError
 from tagger.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, block_starts, load_builtin,
@@ -165,41 +166,99 @@ def test_max_over_frequency_equals_the_plain_block_for_mixed_sign_batch_norm():
     torch.testing.assert_close(block.max_over_frequency(x), block(x).amax(dim=3), rtol=0, atol=1e-5)
 
 
-def _mixed_sign_block(kernel, channels=8, freq_block=None):
+def _mixed_sign_block(kernel, channels=8, band=None, pad=(0, 0, 3, 3)):
+    """A block whose channels mix both batch-norm signs with biases that push whole rows of the conv's
+    output above or below zero, so that every case of the max/min selection occurs."""
     torch.manual_seed(0)
-    block = ConvBlock(torch.nn.Conv2d(1, channels, kernel), (0, 0, 3, 3), freq_block).eval()
+    block = ConvBlock(torch.nn.Conv2d(1, channels, kernel), pad, band).eval()
     with torch.no_grad():
-        block.bn.weight.copy_(torch.randn(channels))  # about half the channels get a negative scale
+        # Each bias (whole rows above zero, below zero, mixed) with each batch-norm sign.
+        sign = torch.where(torch.arange(channels) % 8 < 4, 1.0, -1.0)
+        block.bn.weight.copy_(sign * torch.rand(channels).add(0.5))
         block.bn.running_var.uniform_(0.5, 2.0)
         block.bn.running_mean.normal_()
+        block.conv.bias.copy_(torch.tensor([4.0, -4.0, 0.0, 1.0])[torch.arange(channels) % 4])
     return block
 
 
-@pytest.mark.parametrize("freq_block", [1, 3, 5, 12, 40])
-def test_frequency_blocked_max_equals_the_plain_block(freq_block):
-    """12 positions (16 bands, 5-wide kernel): blocks of 5 end with one moved back to overlap (0, 5, 7);
-    a block wider than the positions is narrowed to them."""
-    block = _mixed_sign_block((7, 5), freq_block=freq_block)
+def _bf16_reference(block, x):
+    """The plain block on the bf16-rounded conv output of bf16-rounded inputs: what the banded path
+    computes, up to the order in which its products are summed."""
+    conv = block.conv
+    out = F.conv2d(F.pad(x, block.pad).bfloat16().double(), conv.weight.bfloat16().double(),
+                   conv.bias.bfloat16().double())
+    active = F.relu(out.bfloat16().float())
+    picked = torch.where(block.bn.weight[None, :, None] >= 0, active.amax(dim=3), active.amin(dim=3))
+    return block.bn(active).amax(dim=3), out.abs().max(), picked == 0
+
+
+@pytest.mark.parametrize("kernel,band", [((7, 5), 1), ((7, 5), 3), ((7, 5), 5), ((7, 5), 12), ((7, 5), 40),
+                                         ((6, 1), 1), ((6, 1), 3), ((6, 1), 7), ((6, 1), 40)])
+def test_banded_max_equals_the_plain_block_in_bf16(kernel, band):
+    """Timbral-like (7 x 5: 12 frequency positions in 16 bands) and temporal-like (6 x 1: 20 frames)
+    kernels. Blocks of 5 or 7 end with one moved back to overlap; a block wider than the positions is
+    narrowed to them."""
+    pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
+    block = _mixed_sign_block(kernel, band=band, pad=pad)
     x = torch.randn(3, 1, 20, 16)
     with torch.no_grad():
-        torch.testing.assert_close(block._blocked_max_over_frequency(x), block(x).amax(dim=3),
-                                   rtol=0, atol=1e-5)
+        expected, peak, cut = _bf16_reference(block, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            banded = block.max_over_frequency(x)
+    assert banded.shape == expected.shape == (3, 8, 20) and banded.dtype == torch.float32
+    # A wrong pick (a max for a min, a negative value not cut to zero) is off by about the output's
+    # spread; summation order moves a bf16-rounded output by at most one unit in its last place.
+    scale = block.bn.affine()[0].detach().abs().max()
+    torch.testing.assert_close(banded, expected, rtol=0, atol=float(peak * scale) * 2.0**-7)
+    for negative in (True, False):  # both kinds of channel have outputs the ReLU cut to 0, and others
+        kind = cut[:, (block.bn.weight < 0) == negative]
+        assert 0 < kind.float().mean() < 1
 
 
-def test_frequency_blocked_max_runs_in_bf16_on_cpu_and_stays_close():
-    block = _mixed_sign_block((7, 38), channels=16, freq_block=4)
+@pytest.mark.parametrize("kernel", [(7, 5), (6, 1)])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_banded_max_with_every_batch_norm_scale_of_one_sign(kernel, sign):
+    """One of the two channel groups is then empty."""
+    block = _mixed_sign_block(kernel, band=4, pad=(0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3))
+    x = torch.randn(2, 1, 20, 16)
+    with torch.no_grad():
+        block.bn.weight.abs_().mul_(sign)
+        expected, peak, _ = _bf16_reference(block, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            banded = block.max_over_frequency(x)
+        scale = block.bn.affine()[0].abs().max()
+    torch.testing.assert_close(banded, expected, rtol=0, atol=float(peak * scale) * 2.0**-7)
+
+
+def test_banded_weight_is_rebuilt_when_the_weights_change():
+    """The banded weight is built once per weights: loading other weights into the block must not
+    leave the old one in use."""
+    first, second = _mixed_sign_block((7, 5), band=4), _mixed_sign_block((7, 5), band=4)
+    with torch.no_grad():
+        second.conv.weight.mul_(-1.5)
+    x = torch.randn(2, 1, 20, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = first.max_over_frequency(x)
+        first.load_state_dict(second.state_dict())
+        after = first.max_over_frequency(x)
+        assert torch.equal(after, second.max_over_frequency(x))
+    assert not torch.equal(before, after)
+
+
+def test_banded_and_conv_paths_run_in_bf16_on_cpu_and_stay_close():
+    block = _mixed_sign_block((7, 38), channels=16, band=4)
     x = torch.randn(2, 1, 40, 96)
     with torch.no_grad():
         exact = block(x).amax(dim=3)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            blocked = block.max_over_frequency(x)
-            block.freq_block = None
+            banded = block.max_over_frequency(x)
+            block.band = None
             conv = block.max_over_frequency(x)
     # bf16 rounding of inputs, weights and products: both fast paths are within a few bf16 ulps
     scale = exact.abs().max()
-    assert (blocked - exact).abs().max() < 0.02 * scale
+    assert (banded - exact).abs().max() < 0.02 * scale
     assert (conv - exact).abs().max() < 0.02 * scale
-    assert not torch.equal(blocked, conv)  # two different computations really ran
+    assert not torch.equal(banded, conv)  # two different computations really ran
 
 
 def test_block_starts_cover_every_position_once_or_twice():
