@@ -325,6 +325,28 @@ def test_undo_restores_the_previous_tags(library, tmp_path, tiny_wav2vec2):
     assert [r["command"] for r in json.loads(history.output)] == ["undo", "scan"]
 
 
+def test_undo_of_more_paths_than_sqlite_takes_variables_restores_the_written_one(library, tmp_path,
+                                                                                  tiny_wav2vec2):
+    """`genretag undo PATH...` with a long list of names: one SQL variable per path would pass SQLite's
+    limit (32,766 by default; Debian builds it with 250,000) and fail the whole undo."""
+    import sqlite3
+
+    from tagger.journal import undo
+
+    target = next(library.rglob("*.flac"))
+    audio = mutagen.File(target)
+    audio["genre"] = ["Shoegaze"]
+    audio.save()
+    db = tmp_path / "index.db"
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    others = [str(library / f"missing-{i:06d}.flac") for i in range(limit)]
+    summary = undo(db, paths=others[:limit // 2] + [str(target)] + others[limit // 2:])
+    assert (summary.restored, summary.failed) == (1, 0)
+    assert mutagen_genres(target) == ["Shoegaze"]
+    assert mutagen_genres(next(library.rglob("*.ogg"))) != []  # not in the list: still as the scan wrote it
+
+
 def test_a_large_undo_reads_its_journal_in_pages_and_reports_each_file_as_it_goes(library, tmp_path,
                                                                                   tiny_wav2vec2, monkeypatch):
     """Undoing a scan that wrote a million files must not hold its journal in memory: pages of 3 rows
