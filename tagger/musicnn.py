@@ -305,8 +305,7 @@ class ConvBlock(nn.Module):
     def _banded_operands(self, block: int, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The banded bf16 weight for ``block`` positions, built once for these weights, and a row
         buffer for its products: [n_rows, weight rows], whose last column (1) multiplies the bias."""
-        key = (block, self.conv.weight.device, self.conv.weight._version, self.conv.bias._version,
-               self.bn.weight._version)
+        key = (block, *((t.data_ptr(), t._version) for t in (self.conv.weight, self.conv.bias, self.bn.weight)))
         if self._banded_weight is None or self._banded_weight[0] != key:
             self._banded_weight = key, self._build_banded_weight(block)
         weight = self._banded_weight[1]

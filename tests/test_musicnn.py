@@ -242,7 +242,10 @@ def test_banded_weight_is_rebuilt_when_the_weights_change():
         first.load_state_dict(second.state_dict())
         after = first.max_over_frequency(x)
         assert torch.equal(after, second.max_over_frequency(x))
+        first.conv.weight = torch.nn.Parameter(first.conv.weight / 2)  # a new tensor, not a new version
+        halved = first.max_over_frequency(x)
     assert not torch.equal(before, after)
+    assert not torch.equal(halved, after)
 
 
 def test_banded_and_conv_paths_run_in_bf16_on_cpu_and_stay_close():
