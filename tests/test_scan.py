@@ -307,14 +307,19 @@ def test_the_progress_bar_of_a_rescan_counts_only_the_tracks_it_predicts(library
     assert (task.total, task.completed) == (1, 1)
 
 
-def test_undo_restores_the_previous_tags(library, tmp_path, tiny_wav2vec2):
+def _tag_library_over_a_shoegaze_flac(library, tmp_path, model) -> tuple[Path, Path]:
+    """Give one FLAC the genre Shoegaze, then scan the library with --write-tags: (that file, index)."""
     target = next(library.rglob("*.flac"))
     audio = mutagen.File(target)
     audio["genre"] = ["Shoegaze"]
     audio.save()
-    db = tmp_path / "index.db"
-    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    tag_folder(library, settings(tmp_path, model, write_tags=True))
     assert mutagen_genres(target) != ["Shoegaze"]
+    return target, tmp_path / "index.db"
+
+
+def test_undo_restores_the_previous_tags(library, tmp_path, tiny_wav2vec2):
+    target, db = _tag_library_over_a_shoegaze_flac(library, tmp_path, tiny_wav2vec2)
     runner = CliRunner()
     out = runner.invoke(cli, ["undo", "--db", str(db)], catch_exceptions=False)
     assert out.exit_code == 0 and f"Restored {TRACKS} file(s)" in out.output
@@ -333,12 +338,7 @@ def test_undo_of_more_paths_than_sqlite_takes_variables_restores_the_written_one
 
     from tagger.journal import undo
 
-    target = next(library.rglob("*.flac"))
-    audio = mutagen.File(target)
-    audio["genre"] = ["Shoegaze"]
-    audio.save()
-    db = tmp_path / "index.db"
-    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    target, db = _tag_library_over_a_shoegaze_flac(library, tmp_path, tiny_wav2vec2)
     limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     others = [str(library / f"missing-{i:06d}.flac") for i in range(limit)]
     summary = undo(db, paths=others[:limit // 2] + [str(target)] + others[limit // 2:])
