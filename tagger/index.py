@@ -289,7 +289,7 @@ class Index:
     def undo_scope(self, run_id: int | None = None, paths: list[str] | None = None) -> tuple[str, list] | None:
         """Which not-yet-undone writes an undo covers, as an SQL condition and its arguments: those to
         ``paths``, else those of run ``run_id`` (default: the last run that wrote). None: nothing."""
-        if paths:  # one JSON argument: an IN list of one ? per path stops at SQLite's 32,766 variables
+        if paths:  # one JSON argument: an IN list of one ? per path stops at SQLite's variable limit
             keys = [path_key(os.path.abspath(p)) for p in paths]
             return "path in (select value from json_each(?))", [json.dumps(keys)]
         if run_id is None:

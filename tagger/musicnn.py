@@ -250,7 +250,7 @@ class ConvBlock(nn.Module):
           before are reduced twice (frequency) or written twice with the same values (time).
 
         On a 2-core Xeon (AVX512-BF16, AMX), the three temporal blocks took 8–11 ms instead of 15–18 ms
-        per 10 patches on one thread, and a whole window 1.16–1.32x less time (medians of 20 interleaved
+        per 10 patches on one thread, and a whole window ran 1.16–1.32x faster (medians of 20 interleaved
         pairs against the channels-last convolutions, and the 7 x 38 block alone banded, with bf16
         reductions). In float32 the products run at a quarter of the rate, and the convolution is kept.
         """
