@@ -9,13 +9,20 @@ from dataclasses import dataclass, field
 from .errors import GenretagError
 from .index import Index
 
+ERRORS_KEPT = 100
+"""An undo's summary keeps the reasons of its first this many failures; ``failed`` counts them all, and
+``on_file`` is told each one as it happens."""
+PATHS_RECORDED = 100
+"""An undo's run records the first this many of the paths it was given, and their count: a run's options
+are printed by ``genretag history --json``, and an undo may be given a whole library's paths."""
+
 
 @dataclass
 class UndoSummary:
     restored: int = 0
     failed: int = 0
     run_id: int | None = None
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first ERRORS_KEPT reasons
 
 
 def undo(db_path, run_id: int | None = None, paths: list[str] | None = None,
@@ -35,7 +42,7 @@ def undo(db_path, run_id: int | None = None, paths: list[str] | None = None,
             return summary
         if on_total:
             on_total(total)
-        summary.run_id = index.start_run("undo", options={"run": run_id, "paths": paths or []})
+        summary.run_id = index.start_run("undo", options=_recorded_options(run_id, paths or []))
         interrupted = True
         try:
             for write in index.writes_to_undo(scope):  # newest first: writes to one file unwind in order
@@ -45,6 +52,11 @@ def undo(db_path, run_id: int | None = None, paths: list[str] | None = None,
             index.finish_run(summary.run_id, restored=summary.restored, failed=summary.failed,
                              interrupted=int(interrupted))
     return summary
+
+
+def _recorded_options(run_id: int | None, paths: list[str]) -> dict:
+    """What an undo's run records of what it was asked: the run, and a bounded sample of the paths."""
+    return {"run": run_id, "paths": paths[:PATHS_RECORDED], "path_count": len(paths)}
 
 
 def _undo_one(index: Index, write: dict, summary: UndoSummary, keep_mtime: bool,
@@ -59,7 +71,8 @@ def _undo_one(index: Index, write: dict, summary: UndoSummary, keep_mtime: bool,
     except (GenretagError, OSError) as err:
         reason = str(err) if isinstance(err, GenretagError) else f"{path}: {err}"
         summary.failed += 1
-        summary.errors.append(reason)
+        if len(summary.errors) < ERRORS_KEPT:
+            summary.errors.append(reason)
         on_file(path, reason)
         return
     index.mark_undone(write["id"], summary.run_id, st.st_size, st.st_mtime_ns, path,

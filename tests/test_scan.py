@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from tagger import ScanSettings, Tagger, tag_folder
 from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.errors import ModelError
+from tagger.journal import PATHS_RECORDED
 from tagger.infer import DeferredClassifier, load_classifier
 from tests.index_rows import rows
 
@@ -341,10 +342,15 @@ def test_undo_of_more_paths_than_sqlite_takes_variables_restores_the_written_one
     target, db = _tag_library_over_a_shoegaze_flac(library, tmp_path, tiny_wav2vec2)
     limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     others = [str(library / f"missing-{i:06d}.flac") for i in range(limit)]
-    summary = undo(db, paths=others[:limit // 2] + [str(target)] + others[limit // 2:])
+    paths = others[:limit // 2] + [str(target)] + others[limit // 2:]
+    summary = undo(db, paths=paths)
     assert (summary.restored, summary.failed) == (1, 0)
     assert mutagen_genres(target) == ["Shoegaze"]
     assert mutagen_genres(next(library.rglob("*.ogg"))) != []  # not in the list: still as the scan wrote it
+    # The run records how many paths it was given and the first few, not a multi-megabyte list.
+    recorded = rows(db, "select options from runs where id = ?", [summary.run_id])[0]["options"]
+    assert json.loads(recorded)["path_count"] == limit + 1
+    assert json.loads(recorded)["paths"] == paths[:PATHS_RECORDED]
 
 
 def test_a_large_undo_reads_its_journal_in_pages_and_reports_each_file_as_it_goes(library, tmp_path,
@@ -375,6 +381,28 @@ def test_a_large_undo_reads_its_journal_in_pages_and_reports_each_file_as_it_goe
     assert {p: mutagen_genres(p) for p in files} == before
     undone = rows(tmp_path / "index.db", "select count(*) as n from tag_writes where undone_at is not null")
     assert undone[0]["n"] == TRACKS
+
+
+def test_an_undo_keeps_only_its_first_failure_reasons_and_counts_every_failure(library, tmp_path, tiny_wav2vec2,
+                                                                              monkeypatch):
+    """An undo over a library on a share that went read-only fails for every file: its summary keeps
+    the first ERRORS_KEPT reasons, not one per file, while ``failed`` and ``on_file`` see them all."""
+    import tagger.journal
+
+    monkeypatch.setattr(tagger.journal, "ERRORS_KEPT", 2)
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    stuck = sorted(p for p in library.rglob("*") if p.is_file())[:3]
+    for path in stuck:
+        path.chmod(0o444)
+    told = []
+    try:
+        summary = tagger.journal.undo(tmp_path / "index.db", on_file=lambda path, error: told.append(error))
+    finally:
+        for path in stuck:
+            path.chmod(0o644)
+    reasons = [error for error in told if error]
+    assert (summary.restored, summary.failed) == (TRACKS - 3, 3)
+    assert len(reasons) == 3 and summary.errors == reasons[:2]
 
 
 def test_an_undo_stopped_by_ctrl_c_is_finished_by_running_it_again(library, tmp_path, tiny_wav2vec2,
