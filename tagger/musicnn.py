@@ -445,11 +445,19 @@ class Musicnn(nn.Module):
         m1 = self.mid1(front)
         m2 = self.mid2(m1) + m1
         m3 = self.mid3(m2) + m2
-        features = torch.cat([front, m1, m2, m3], dim=1)  # [B, 753, T]
-        # Interleaved [max_0, mean_0, max_1, ...]: the order TF's concat(axis=2) + flatten produces.
-        pooled = torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
+        # The features are [front, m1, m2, m3] (753 channels). Each part is pooled where it is, rather
+        # than after copying all four into one [B, 753, T] tensor.
+        pooled = torch.cat([_max_and_mean_over_time(part) for part in (front, m1, m2, m3)], dim=1)
         hidden = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
         return self.classifier(hidden)
+
+
+def _max_and_mean_over_time(part: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> [B, 2C] float32, interleaved [max_0, mean_0, max_1, ...]: the order TF's
+    concat(axis=2) + flatten produces. Float32 even under autocast, where the mid-end is bf16: the
+    concatenation of the features that this replaces promoted them to float32."""
+    part = part.float()
+    return torch.stack([part.amax(dim=2), part.mean(dim=2)], dim=2).flatten(1)
 
 
 # ---------------------------------------------------------------------------------------------------
