@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.host import StealClock  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -89,12 +90,14 @@ def main() -> None:
         print(f"{'tracks':>7} {'seconds':>8} {'failed':>6} {'peak RSS MiB':>13}  RSS MiB after each 10 %")
         for size in (int(s) for s in args.sizes.split(",")):
             folder = link_tree(distinct, work / f"tree{size}", size)
-            out = subprocess.run([sys.executable, __file__, "--child", str(folder), model,
-                                  str(Path(tmp) / f"index{size}.db"), str(size)],
-                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            with StealClock() as steal:
+                out = subprocess.run([sys.executable, __file__, "--child", str(folder), model,
+                                      str(Path(tmp) / f"index{size}.db"), str(size)],
+                                     capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             got = json.loads(out)
             curve = " ".join(str(mib) for _, mib in got["samples"])
             print(f"{got['tracks']:>7} {got['seconds']:>8} {got['failed']:>6} {got['peak_mib']:>13}  {curve}")
+            print(f"{'':>7} {steal.summary()}")
 
 
 if __name__ == "__main__":

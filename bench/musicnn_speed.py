@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.host import StealClock  # noqa: E402
 from tagger.musicnn import (SAMPLE_RATE, ConvBlock, load_builtin, log_mel, patch_counts,  # noqa: E402
                             valid_patches)
 
@@ -85,6 +86,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="musicnn-msd")
     args = parser.parse_args()
+    with StealClock() as clock:
+        run(args)
+    print(clock.summary())
+
+
+def run(args) -> None:
     device = torch.device(args.device)
 
     audio = 0.1 * torch.randn(args.windows, WINDOW_SAMPLES, generator=torch.Generator().manual_seed(0))
@@ -105,6 +112,11 @@ def main() -> None:
     print(f"model FLOPs: {flops / 1e9:.2f} GFLOP per 30 s window ({flops / per_window / 1e9:.2f} per 3 s patch); "
           f"the fast path executes {executed / 1e9:.2f}")
 
+    if device.type == "cpu":
+        from tagger.native import banded_max_kernel
+
+        print("bf16 front end: " + ("the native AMX kernel (tagger/native.py)" if banded_max_kernel()
+                                    else "torch matrix products (no AMX kernel here)"))
     peaks = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         classifier = load_builtin(args.model, device, precision)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.host import StealClock  # noqa: E402
 from bench.library import make_library  # noqa: E402
 
 
@@ -248,7 +249,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.model_path, args.files, args)))
         return
     files = [str(f) for f in make_library(args.library, args.tracks)]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, StealClock() as steal:
         model = build_model(args.model, Path(tmp))
         before = matmul_peak(args.device)
         results = {"C": run_child("C", args, model, files)}
@@ -291,6 +292,11 @@ def main() -> None:
         fp32 = results["fp32"]
         agree = sum(a == b for a, b in zip(fp32["top"], c["top"])) / len(files)
         print(f"top-1 agreement fp32 vs {c['precision']}: {100 * agree:.1f}% of {len(files)} tracks")
+    if args.device == "cpu" and args.model.startswith("builtin:"):
+        from tagger.native import banded_max_kernel
+
+        print("musicnn bf16 front end: " + ("the native AMX kernel" if banded_max_kernel() else "torch products"))
+    print(steal.summary())
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from torch import nn
 from .errors import ModelError
 from .infer import builtin_fingerprint, read_builtin
 from .labels import LabelMap, builtin_label_map
+from .native import banded_max, banded_max_kernel, position_minor, to_vnni
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -184,15 +185,21 @@ class ConvBlock(nn.Module):
     matrix products over that many output positions at a time — frequency positions for a kernel
     wider than one band, frames for a 1-band (temporal) kernel — instead of one oneDNN convolution
     (see :meth:`_banded_max_over_frequency`). None keeps the convolution.
+
+    ``native_band``: the same for the AMX kernel of :mod:`tagger.native`, which is used instead in
+    calls with one torch thread where the kernel can run (:meth:`_native_max_over_frequency`).
     """
 
-    def __init__(self, conv: nn.Module, pad: tuple[int, ...], band: int | None = None):
+    def __init__(self, conv: nn.Module, pad: tuple[int, ...], band: int | None = None,
+                 native_band: int | None = None):
         super().__init__()
         self.pad = pad
         self.conv = conv
         self.bn = FrozenBatchNorm(conv.out_channels)
         self.band = band
+        self.native_band = native_band
         self._banded_weight: tuple | None = None  # (what it was built from, weight), see _banded_operands
+        self._native_weight: tuple | None = None  # the same for _native_operand
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.relu(self.conv(F.pad(x, self.pad) if self.pad else x)))
@@ -215,6 +222,8 @@ class ConvBlock(nn.Module):
         """
         dtype = _compute_dtype(x)
         if self.band and x.device.type == "cpu" and dtype == torch.bfloat16:
+            if self.native_band and torch.get_num_threads() == 1 and banded_max_kernel() is not None:
+                return self._native_max_over_frequency(x)
             return self._banded_max_over_frequency(x)
         sign = self._max_sign(x.device)
         channels = sign.numel()
@@ -269,6 +278,98 @@ class ConvBlock(nn.Module):
         out = torch.addcmul(shift[:, None], F.relu(extremes.view(torch.bfloat16).float()), scale[:, None])
         return out.view(-1, batch, frames).transpose(0, 1)
 
+    def _native_max_over_frequency(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`max_over_frequency` in bf16 with the AMX kernel of :mod:`tagger.native`, which folds
+        each product into the maxima while it is computed, so no product is ever written.
+
+        The products are those of :meth:`_banded_max_over_frequency` (``native_band`` positions each),
+        accumulated in float32 and reduced in float32, without its int16 trick: the weights of a channel
+        whose batch-norm scale is negative are negated, so its min is minus the max the kernel takes,
+        and the bias is added after the reduction (``max(y) + b == max(y + b)``, also once rounded).
+        The kernel reads the temporal products' rows straight from the bands-first input; a timbral
+        row, one frame's 7-frame patch, is still copied into a row buffer per block of positions.
+        """
+        kt, kf = self.conv.kernel_size
+        padded = F.pad(x, self.pad)[:, 0].to(torch.bfloat16)  # [B, T + kt - 1, F]
+        batch, frames = padded.shape[0], padded.shape[1] - kt + 1
+        if kf == 1:
+            signed_max = self._native_time_banded(padded, frames)
+        else:
+            signed_max = self._native_frequency_banded(padded, frames)
+        sign = self._max_sign(x.device)
+        extremes = torch.addcmul(self.conv.bias.detach(), signed_max, sign)  # [B * T, C]
+        scale, shift = self.bn.affine()
+        out = torch.addcmul(shift[:, None], F.relu(extremes).t(), scale[:, None])
+        return out.view(-1, batch, frames).transpose(0, 1)
+
+    def _native_frequency_banded(self, padded: torch.Tensor, frames: int) -> torch.Tensor:
+        """[B, T + kt - 1, F] bf16 -> [B * T, C] float32 max over frequency of the sign-flipped conv."""
+        kt, kf = self.conv.kernel_size
+        batch, _, bands = padded.shape
+        positions = bands - kf + 1
+        block = min(self.native_band, positions)
+        weight = self._native_operand(block)
+        reach, n_rows = block + kf - 1, batch * frames
+        rows = padded.new_zeros(-(-n_rows // 32) * 32, weight.shape[0] * 2)
+        signed_max = rows.new_full((rows.shape[0], weight.shape[1] // block), float("-inf"),
+                                   dtype=torch.float32)
+        for start in block_starts(positions, block):
+            _copy_patches(rows[:n_rows, :kt * reach], padded, kt, reach, start)
+            banded_max(rows, weight, block, 1, signed_max)
+        return signed_max[:n_rows, :self.conv.out_channels]
+
+    def _native_time_banded(self, padded: torch.Tensor, frames: int) -> torch.Tensor:
+        """[B, T + k - 1, F] bf16 -> [B * T, C] float32 max over frequency of the sign-flipped conv."""
+        kt = self.conv.kernel_size[0]
+        batch, padded_frames, bands = padded.shape
+        channels = self.conv.out_channels
+        block = min(self.native_band, frames)
+        weight = self._native_operand(block)
+        depth, starts = weight.shape[0] * 2, block_starts(frames, block)
+        # Rows are (patch, band) time series, read in place by the kernel; zeros past the end cover
+        # the last block's read of `depth` samples, whose weights there are 0. The kernel reduces
+        # groups of 32 rows: the last band is repeated up to a multiple of 32, which leaves each max as
+        # it is (musicnn's 96 bands need none).
+        group = -(-bands // 32) * 32
+        bands_first = padded.new_zeros(batch, group, max(padded_frames, starts[-1] + depth))
+        bands_first[:, :bands, :padded_frames] = padded.transpose(1, 2)
+        bands_first[:, bands:, :padded_frames] = padded[:, :, -1:].transpose(1, 2)
+        series = bands_first.view(batch * group, -1)
+        signed_max = padded.new_empty(batch, frames, channels, dtype=torch.float32)
+        block_max = padded.new_empty(batch, weight.shape[1], dtype=torch.float32)
+        for start in starts:
+            block_max.fill_(float("-inf"))
+            banded_max(series[:, start:start + depth], weight, 1, group, block_max)
+            signed_max[:, start:start + block] = block_max[:, :block * channels].view(batch, block, channels)
+        return signed_max.view(batch * frames, channels)
+
+    def _native_operand(self, block: int) -> torch.Tensor:
+        """The banded weight for ``block`` positions in the kernel's layout, built once for these weights:
+        rows (r, j) for r < span and j < block + width - 1, zero-padded to a multiple of 32; columns,
+        for a timbral kernel, each position's channels zero-padded to a multiple of 16 in the kernel's
+        order (:func:`tagger.native.position_minor`), for a temporal one (frame, channel), in all a
+        multiple of 32; each channel's weights multiplied by its :meth:`_max_sign`."""
+        key = (block, *((t.data_ptr(), t._version) for t in (self.conv.weight, self.bn.weight)))
+        if self._native_weight is not None and self._native_weight[0] == key:
+            return self._native_weight[1]
+        kernel = (self.conv.weight.detach() * self._max_sign(self.conv.weight.device)[:, None, None, None])[:, 0]
+        temporal = self.conv.kernel_size[1] == 1
+        if temporal:
+            kernel = kernel.permute(0, 2, 1)  # [C, k, 1] -> [C, 1, k]
+        channels, span, width = kernel.shape
+        reach = block + width - 1
+        align = 16 if block % 2 == 0 else 32  # block * per_position must be a multiple of 32
+        per_position = channels if temporal else -(-channels // align) * align
+        banded = kernel.new_zeros(span, reach, block, per_position)
+        for position in range(block):
+            banded[:, position:position + width, position, :channels] = kernel.permute(1, 2, 0)
+        banded = banded.reshape(span * reach, block * per_position)
+        if not temporal:
+            banded = position_minor(banded, block)
+        banded = F.pad(banded, (0, -banded.shape[1] % 32, 0, -banded.shape[0] % 32))
+        self._native_weight = key, to_vnni(banded)
+        return self._native_weight[1]
+
     def _frequency_banded_extremes(self, padded: torch.Tensor, n_min: int):
         """[B, T + kt - 1, F] bf16 -> (min-channel, max-channel) int16 extremes over frequency,
         [B * T, n_min] and [B * T, C - n_min]."""
@@ -278,7 +379,7 @@ class ConvBlock(nn.Module):
         weight, rows = self._banded_operands(block, batch * (frames - kt + 1))
         low = high = None
         for start in block_starts(bands - kf + 1, block):
-            _copy_patches(rows, padded, kt, block + kf - 1, start)
+            _copy_patches(rows[:, :-1], padded, kt, block + kf - 1, start)
             out = (rows @ weight).view(torch.int16)
             low = _fold_positions(out[:, :block * n_min], block, torch.minimum, low)
             high = _fold_positions(out[:, block * n_min:], block, torch.maximum, high)
@@ -296,7 +397,7 @@ class ConvBlock(nn.Module):
         low = rows.new_empty(batch, frames, n_min, dtype=torch.int16)
         high = rows.new_empty(batch, frames, n_max, dtype=torch.int16)
         for start in block_starts(frames, block):
-            _copy_patches(rows, bands_first, 1, block + kt - 1, start)
+            _copy_patches(rows[:, :-1], bands_first, 1, block + kt - 1, start)
             out = (rows @ weight).view(torch.int16).view(batch, bands, -1)
             low[:, start:start + block] = out[:, :, :block * n_min].amin(dim=1).view(batch, block, n_min)
             high[:, start:start + block] = out[:, :, block * n_min:].amax(dim=1).view(batch, block, n_max)
@@ -344,12 +445,13 @@ class ConvBlock(nn.Module):
 
 
 def _copy_patches(rows: torch.Tensor, source: torch.Tensor, span: int, reach: int, start: int) -> None:
-    """Fill ``rows[:, :-1]`` with each output's ``span`` x ``reach`` input patch of ``source`` [B, M, N],
-    whose banded axis (N) starts at ``start``: row (b, m) holds ``source[b, m:m + span, start:start + reach]``."""
+    """Fill ``rows`` [B * (M - span + 1), span * reach] with each output's ``span`` x ``reach`` input patch
+    of ``source`` [B, M, N], whose banded axis (N) starts at ``start``: row (b, m) holds
+    ``source[b, m:m + span, start:start + reach]``."""
     batch, extent, width = source.shape
     patches = source.as_strided((batch, extent - span + 1, span, reach), (extent * width, width, width, 1),
                                 source.storage_offset() + start)
-    rows[:, :-1].view(patches.shape).copy_(patches)
+    rows.view(patches.shape).copy_(patches)
 
 
 def _fold_positions(out: torch.Tensor, positions: int, op, acc: torch.Tensor | None) -> torch.Tensor:
@@ -412,6 +514,10 @@ class Musicnn(nn.Module):
     """Output positions per matrix product of each front-end block in bf16 on CPU (see
     :meth:`ConvBlock._banded_max_over_frequency`): frequency positions for the timbral blocks, frames
     for the temporal ones."""
+    NATIVE_BAND = {"timbral74": 4, "timbral77": 6, "temporal128": 32, "temporal64": 32, "temporal32": 32}
+    """The same for the AMX kernel (:meth:`ConvBlock._native_max_over_frequency`). Its products are not
+    written, so a temporal block can be wider: 32 frames make the rows 160, 96 and 64 samples deep,
+    whole multiples of AMX's 32."""
 
     def __init__(self, n_labels: int, n_mels: int = N_MELS, midend_filters: int = 64,
                  backend_units: int = 200, timbral_filters: int = 204, temporal_filters: int = 51):
@@ -419,10 +525,10 @@ class Musicnn(nn.Module):
         self.input_bn = FrozenBatchNorm(1)
         for name, span in self.TIMBRAL:
             conv = nn.Conv2d(1, timbral_filters, (7, int(span * n_mels)))
-            setattr(self, name, ConvBlock(conv, (0, 0, 3, 3), self.BAND.get(name)))
+            setattr(self, name, ConvBlock(conv, (0, 0, 3, 3), self.BAND[name], self.NATIVE_BAND[name]))
         for name, frames in self.TEMPORAL:
             conv = nn.Conv2d(1, temporal_filters, (frames, 1))
-            setattr(self, name, ConvBlock(conv, _same_time_pad(frames), self.BAND.get(name)))
+            setattr(self, name, ConvBlock(conv, _same_time_pad(frames), self.BAND[name], self.NATIVE_BAND[name]))
         front = len(self.TIMBRAL) * timbral_filters + len(self.TEMPORAL) * temporal_filters
         # 'same' padding by the conv itself: a separate zero pad copied the 561-channel input first.
         self.mid1 = ConvBlock(nn.Conv1d(front, midend_filters, 7, padding=3), ())

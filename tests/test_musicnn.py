@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tagger.errors import ModelError
+from tagger.native import cpu_has_amx_bf16
 from tagger.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, block_starts, load_builtin,
                             log_compress, log_mel, patch_counts, valid_patches)
 
@@ -262,6 +263,124 @@ def test_banded_and_conv_paths_run_in_bf16_on_cpu_and_stay_close():
     assert (banded - exact).abs().max() < 0.02 * scale
     assert (conv - exact).abs().max() < 0.02 * scale
     assert not torch.equal(banded, conv)  # two different computations really ran
+
+
+needs_amx = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="the native kernel needs a CPU with AMX-BF16")
+
+
+@pytest.fixture
+def one_thread():
+    """musicnn takes the native path in calls with one torch thread (a scan's default on CPU)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _float32_product_reference(block, x):
+    """The plain block on the exact conv of bf16-rounded inputs and weights, plus the float32 bias:
+    what the native path computes (float32 accumulation), up to summation order."""
+    conv = block.conv
+    out = F.conv2d(F.pad(x, block.pad).bfloat16().double(), conv.weight.bfloat16().double(),
+                   conv.bias.double()).float()
+    active = F.relu(out)
+    picked = torch.where(block.bn.weight[None, :, None] >= 0, active.amax(dim=3), active.amin(dim=3))
+    return block.bn(active).amax(dim=3), out.abs().max(), picked == 0
+
+
+@needs_amx
+@pytest.mark.parametrize("kernel,band", [((7, 5), 2), ((7, 5), 3), ((7, 5), 4), ((7, 5), 5), ((7, 5), 40),
+                                         ((6, 1), 1), ((6, 1), 3), ((6, 1), 7), ((6, 1), 32)])
+def test_native_max_equals_the_plain_block_on_float32_products(kernel, band, one_thread):
+    """The AMX kernel's path, with blocks that overlap, divide and exceed the positions, odd blocks
+    (whose channels are padded to 32), and 16 bands (repeated up to the kernel's 32-row groups)."""
+    pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
+    block = _mixed_sign_block(kernel, band=4, pad=pad)
+    block.native_band = band
+    x = torch.randn(3, 1, 20, 16)
+    with torch.no_grad():
+        expected, peak, cut = _float32_product_reference(block, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            native = block.max_over_frequency(x)
+    assert native.shape == expected.shape == (3, 8, 20) and native.dtype == torch.float32
+    # A wrong pick is off by about the output's spread; bf16 rounding of the products (the torch
+    # path's) by up to 2**-8 of it; summation order in float32 by far less.
+    scale = block.bn.affine()[0].detach().abs().max()
+    torch.testing.assert_close(native, expected, rtol=0, atol=float(peak * scale) * 2.0**-16)
+    for negative in (True, False):
+        kind = cut[:, (block.bn.weight < 0) == negative]
+        assert 0 < kind.float().mean() < 1
+
+
+@needs_amx
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_native_max_with_every_batch_norm_scale_of_one_sign(sign, one_thread):
+    block = _mixed_sign_block((7, 5), band=4)
+    block.native_band = 4
+    x = torch.randn(2, 1, 20, 16)
+    with torch.no_grad():
+        block.bn.weight.abs_().mul_(sign)
+        expected, peak, _ = _float32_product_reference(block, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            native = block.max_over_frequency(x)
+        scale = block.bn.affine()[0].abs().max()
+    torch.testing.assert_close(native, expected, rtol=0, atol=float(peak * scale) * 2.0**-16)
+
+
+@needs_amx
+@pytest.mark.parametrize("kernel", [(7, 5), (6, 1)])
+def test_native_max_of_products_negative_everywhere(kernel, one_thread):
+    """Positive input and negative weights: every product is negative, so rows that the native path
+    adds to fill the kernel's tiles (zeros would give 0) must never be the max."""
+    pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
+    block = _mixed_sign_block(kernel, band=4, pad=pad)
+    block.native_band = 4
+    x = torch.rand(3, 1, 20, 16) + 0.5
+    with torch.no_grad():
+        block.bn.weight.abs_()
+        block.conv.weight.abs_().neg_().sub_(0.01)
+        block.conv.bias.fill_(5.0)  # keeps the outputs above the ReLU's cut: a wrong max shows
+        expected, peak, _ = _float32_product_reference(block, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            native = block.max_over_frequency(x)
+        scale = block.bn.affine()[0].abs().max()
+    torch.testing.assert_close(native, expected, rtol=0, atol=float(peak * scale) * 2.0**-16)
+
+
+@needs_amx
+def test_native_weight_is_rebuilt_when_the_weights_change(one_thread):
+    first, second = _mixed_sign_block((7, 5), band=4), _mixed_sign_block((7, 5), band=4)
+    first.native_band = second.native_band = 4
+    with torch.no_grad():
+        second.conv.weight.mul_(-1.5)
+        second.bn.weight.mul_(-1)  # the channels' signs, which the native weight is multiplied by
+    x = torch.randn(2, 1, 20, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = first.max_over_frequency(x)
+        first.load_state_dict(second.state_dict())
+        after = first.max_over_frequency(x)
+        assert torch.equal(after, second.max_over_frequency(x))
+        first.conv.weight = torch.nn.Parameter(first.conv.weight / 2)
+        halved = first.max_over_frequency(x)
+    assert not torch.equal(before, after)
+    assert not torch.equal(halved, after)
+
+
+@needs_amx
+def test_the_built_in_model_runs_on_the_native_kernel_and_agrees_with_fp32(wavs, one_thread):
+    """The whole network in bf16, on the native kernel and on the torch products: both near fp32
+    (the mid- and back-end's bf16 dominate what is left), with fp32's top label for every signal."""
+    fp32 = load_builtin("musicnn-msd", precision="fp32")
+    bf16 = load_builtin("musicnn-msd", precision="bf16")
+    exact = fp32.predict(wavs)
+    native = bf16.predict(wavs)
+    for name in ("timbral74", "timbral77", "temporal128", "temporal64", "temporal32"):
+        getattr(bf16.model, name).native_band = None
+    products = bf16.predict(wavs)
+    assert not torch.equal(native, products)  # two different computations really ran
+    for probs in (native, products):
+        assert (probs - exact).abs().max() < 0.02
+        assert torch.equal(probs.argmax(dim=1), exact.argmax(dim=1))
 
 
 def test_block_starts_cover_every_position_once_or_twice():
