@@ -167,6 +167,18 @@ def test_max_over_frequency_equals_the_plain_block_for_mixed_sign_batch_norm():
     torch.testing.assert_close(block.max_over_frequency(x), block(x).amax(dim=3), rtol=0, atol=1e-5)
 
 
+needs_amx = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="the native kernel needs a CPU with AMX-BF16")
+
+
+@pytest.fixture
+def one_thread():
+    """musicnn takes the native path in calls with one torch thread (a scan's default on CPU)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _mixed_sign_block(kernel, channels=8, band=None, pad=(0, 0, 3, 3)):
     """A block whose channels mix both batch-norm signs with biases that push whole rows of the conv's
     output above or below zero, so that every case of the max/min selection occurs."""
@@ -193,6 +205,28 @@ def _bf16_reference(block, x):
     return block.bn(active).amax(dim=3), out.abs().max(), picked == 0
 
 
+def _assert_fast_max_matches(block, reference, ulp_exponent, x=None):
+    """``block.max_over_frequency`` under bf16 autocast against ``reference(block, x)``. A wrong pick (a
+    max for a min, a negative value not cut to zero) is off by about the output's spread; the paths'
+    rounding by ``2**-ulp_exponent`` of it. Returns where the reference's picked value is cut to 0."""
+    x = torch.randn(3, 1, 20, 16) if x is None else x
+    with torch.no_grad():
+        expected, peak, cut = reference(block, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = block.max_over_frequency(x)
+        scale = block.bn.affine()[0].abs().max()
+    assert fast.shape == expected.shape == (3, 8, 20) and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, expected, rtol=0, atol=float(peak * scale) * 2.0**-ulp_exponent)
+    return cut
+
+
+def _assert_both_kinds_cut_and_kept(block, cut):
+    """Both kinds of channel (batch-norm scale >= 0 and < 0) have outputs the ReLU cut to 0, and others."""
+    for negative in (True, False):
+        kind = cut[:, (block.bn.weight < 0) == negative]
+        assert 0 < kind.float().mean() < 1
+
+
 @pytest.mark.parametrize("kernel,band", [((7, 5), 1), ((7, 5), 3), ((7, 5), 5), ((7, 5), 12), ((7, 5), 40),
                                          ((6, 1), 1), ((6, 1), 3), ((6, 1), 7), ((6, 1), 40)])
 def test_banded_max_equals_the_plain_block_in_bf16(kernel, band):
@@ -201,19 +235,8 @@ def test_banded_max_equals_the_plain_block_in_bf16(kernel, band):
     narrowed to them."""
     pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
     block = _mixed_sign_block(kernel, band=band, pad=pad)
-    x = torch.randn(3, 1, 20, 16)
-    with torch.no_grad():
-        expected, peak, cut = _bf16_reference(block, x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            banded = block.max_over_frequency(x)
-    assert banded.shape == expected.shape == (3, 8, 20) and banded.dtype == torch.float32
-    # A wrong pick (a max for a min, a negative value not cut to zero) is off by about the output's
-    # spread; summation order moves a bf16-rounded output by at most one unit in its last place.
-    scale = block.bn.affine()[0].detach().abs().max()
-    torch.testing.assert_close(banded, expected, rtol=0, atol=float(peak * scale) * 2.0**-7)
-    for negative in (True, False):  # both kinds of channel have outputs the ReLU cut to 0, and others
-        kind = cut[:, (block.bn.weight < 0) == negative]
-        assert 0 < kind.float().mean() < 1
+    # Summation order moves a bf16-rounded output by at most one unit in its last place.
+    _assert_both_kinds_cut_and_kept(block, _assert_fast_max_matches(block, _bf16_reference, ulp_exponent=7))
 
 
 @pytest.mark.parametrize("kernel", [(7, 5), (6, 1)])
@@ -221,22 +244,20 @@ def test_banded_max_equals_the_plain_block_in_bf16(kernel, band):
 def test_banded_max_with_every_batch_norm_scale_of_one_sign(kernel, sign):
     """One of the two channel groups is then empty."""
     block = _mixed_sign_block(kernel, band=4, pad=(0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3))
-    x = torch.randn(2, 1, 20, 16)
     with torch.no_grad():
         block.bn.weight.abs_().mul_(sign)
-        expected, peak, _ = _bf16_reference(block, x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            banded = block.max_over_frequency(x)
-        scale = block.bn.affine()[0].abs().max()
-    torch.testing.assert_close(banded, expected, rtol=0, atol=float(peak * scale) * 2.0**-7)
+    _assert_fast_max_matches(block, _bf16_reference, ulp_exponent=7)
 
 
-def test_banded_weight_is_rebuilt_when_the_weights_change():
-    """The banded weight is built once per weights: loading other weights into the block must not
-    leave the old one in use."""
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=needs_amx)])
+def test_banded_weight_is_rebuilt_when_the_weights_change(native, one_thread):
+    """The banded weight (the torch path's, or the native kernel's) is built once per weights: loading
+    other weights into the block must not leave the old one in use."""
     first, second = _mixed_sign_block((7, 5), band=4), _mixed_sign_block((7, 5), band=4)
+    first.native_band = second.native_band = 4 if native else None
     with torch.no_grad():
         second.conv.weight.mul_(-1.5)
+        second.bn.weight.mul_(-1)  # the channels' signs, which both weights depend on
     x = torch.randn(2, 1, 20, 16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before = first.max_over_frequency(x)
@@ -265,18 +286,6 @@ def test_banded_and_conv_paths_run_in_bf16_on_cpu_and_stay_close():
     assert not torch.equal(banded, conv)  # two different computations really ran
 
 
-needs_amx = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="the native kernel needs a CPU with AMX-BF16")
-
-
-@pytest.fixture
-def one_thread():
-    """musicnn takes the native path in calls with one torch thread (a scan's default on CPU)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _float32_product_reference(block, x):
     """The plain block on the exact conv of bf16-rounded inputs and weights, plus the float32 bias:
     what the native path computes (float32 accumulation), up to summation order."""
@@ -297,19 +306,8 @@ def test_native_max_equals_the_plain_block_on_float32_products(kernel, band, one
     pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
     block = _mixed_sign_block(kernel, band=4, pad=pad)
     block.native_band = band
-    x = torch.randn(3, 1, 20, 16)
-    with torch.no_grad():
-        expected, peak, cut = _float32_product_reference(block, x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            native = block.max_over_frequency(x)
-    assert native.shape == expected.shape == (3, 8, 20) and native.dtype == torch.float32
-    # A wrong pick is off by about the output's spread; bf16 rounding of the products (the torch
-    # path's) by up to 2**-8 of it; summation order in float32 by far less.
-    scale = block.bn.affine()[0].detach().abs().max()
-    torch.testing.assert_close(native, expected, rtol=0, atol=float(peak * scale) * 2.0**-16)
-    for negative in (True, False):
-        kind = cut[:, (block.bn.weight < 0) == negative]
-        assert 0 < kind.float().mean() < 1
+    # float32 products: summation order only (bf16 products, the torch path's, would be off by 2**-8)
+    _assert_both_kinds_cut_and_kept(block, _assert_fast_max_matches(block, _float32_product_reference, 16))
 
 
 @needs_amx
@@ -317,14 +315,9 @@ def test_native_max_equals_the_plain_block_on_float32_products(kernel, band, one
 def test_native_max_with_every_batch_norm_scale_of_one_sign(sign, one_thread):
     block = _mixed_sign_block((7, 5), band=4)
     block.native_band = 4
-    x = torch.randn(2, 1, 20, 16)
     with torch.no_grad():
         block.bn.weight.abs_().mul_(sign)
-        expected, peak, _ = _float32_product_reference(block, x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            native = block.max_over_frequency(x)
-        scale = block.bn.affine()[0].abs().max()
-    torch.testing.assert_close(native, expected, rtol=0, atol=float(peak * scale) * 2.0**-16)
+    _assert_fast_max_matches(block, _float32_product_reference, 16)
 
 
 @needs_amx
@@ -335,35 +328,11 @@ def test_native_max_of_products_negative_everywhere(kernel, one_thread):
     pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
     block = _mixed_sign_block(kernel, band=4, pad=pad)
     block.native_band = 4
-    x = torch.rand(3, 1, 20, 16) + 0.5
     with torch.no_grad():
         block.bn.weight.abs_()
         block.conv.weight.abs_().neg_().sub_(0.01)
         block.conv.bias.fill_(5.0)  # keeps the outputs above the ReLU's cut: a wrong max shows
-        expected, peak, _ = _float32_product_reference(block, x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            native = block.max_over_frequency(x)
-        scale = block.bn.affine()[0].abs().max()
-    torch.testing.assert_close(native, expected, rtol=0, atol=float(peak * scale) * 2.0**-16)
-
-
-@needs_amx
-def test_native_weight_is_rebuilt_when_the_weights_change(one_thread):
-    first, second = _mixed_sign_block((7, 5), band=4), _mixed_sign_block((7, 5), band=4)
-    first.native_band = second.native_band = 4
-    with torch.no_grad():
-        second.conv.weight.mul_(-1.5)
-        second.bn.weight.mul_(-1)  # the channels' signs, which the native weight is multiplied by
-    x = torch.randn(2, 1, 20, 16)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        before = first.max_over_frequency(x)
-        first.load_state_dict(second.state_dict())
-        after = first.max_over_frequency(x)
-        assert torch.equal(after, second.max_over_frequency(x))
-        first.conv.weight = torch.nn.Parameter(first.conv.weight / 2)
-        halved = first.max_over_frequency(x)
-    assert not torch.equal(before, after)
-    assert not torch.equal(halved, after)
+    _assert_fast_max_matches(block, _float32_product_reference, 16, x=torch.rand(3, 1, 20, 16) + 0.5)
 
 
 @needs_amx
