@@ -7,7 +7,7 @@ same run, and the fraction of that peak the model reaches. The fraction uses the
 FLOPs (the plain front-end blocks), not the few percent more the fast path spends on padded filters.
 Run:
 
-    python bench/musicnn_speed.py [--device cpu|cuda] [--windows 4] [--repeats 3]
+    python bench/musicnn_speed.py [--device cpu|cuda] [--windows 4] [--repeats 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4, help="30 s windows per batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="musicnn-msd")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per call (0: torch's default); a scan's calls get 1, which "
+                             "is where the native AMX kernel runs")
     args = parser.parse_args()
     with StealClock() as clock:
         run(args)
@@ -93,6 +96,8 @@ def main() -> None:
 
 def run(args) -> None:
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     audio = 0.1 * torch.randn(args.windows, WINDOW_SAMPLES, generator=torch.Generator().manual_seed(0))
     audio = audio.to(device)
@@ -115,8 +120,9 @@ def run(args) -> None:
     if device.type == "cpu":
         from tagger.native import banded_max_kernel
 
-        print("bf16 front end: " + ("the native AMX kernel (tagger/native.py)" if banded_max_kernel()
-                                    else "torch matrix products (no AMX kernel here)"))
+        native = banded_max_kernel() is not None and torch.get_num_threads() == 1
+        print("bf16 front end: " + ("the native AMX kernel (tagger/native.py)" if native
+                                    else "torch matrix products"))
     peaks = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         classifier = load_builtin(args.model, device, precision)
