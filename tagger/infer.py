@@ -320,6 +320,10 @@ class HFClassifier:
             from .feature_encoder import use_time_major_encoder
 
             use_time_major_encoder(model)
+            if precision == "bf16":
+                from .attention import use_head_by_head_attention
+
+                use_head_by_head_attention(model)
         fold_parametrizations(model)
         store_matmul_weights_in(model, precision)
         if device.type == "cuda":
