@@ -47,6 +47,26 @@ def path_key(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the index in WAL mode, waiting for other processes as the busy timeout does elsewhere.
+
+    Two processes opening one new index at once can both hold a shared lock and both need the exclusive
+    one that the switch to WAL takes; SQLite then answers one of them SQLITE_BUSY at once, without its
+    busy handler (which would deadlock), so the switch is retried here until the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.1)
+
+
 class Index:
     """A genretag index file. Use as a context manager or call :meth:`close`."""
 
@@ -57,7 +77,7 @@ class Index:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         self.db = sqlite_utils.Database(conn)
         self._migrate()
