@@ -186,8 +186,9 @@ class ConvBlock(nn.Module):
     wider than one band, frames for a 1-band (temporal) kernel — instead of one oneDNN convolution
     (see :meth:`_banded_max_over_frequency`). None keeps the convolution.
 
-    ``native_band``: the same for the AMX kernel of :mod:`tagger.native`, which is used instead in
-    calls with one torch thread where the kernel can run (:meth:`_native_max_over_frequency`).
+    ``native_band``: the same for the native kernel (AMX or AVX512-BF16) of :mod:`tagger.native`, which
+    is used instead in calls with one torch thread where the kernel can run
+    (:meth:`_native_max_over_frequency`).
     """
 
     def __init__(self, conv: nn.Module, pad: tuple[int, ...], band: int | None = None,
@@ -279,7 +280,7 @@ class ConvBlock(nn.Module):
         return out.view(-1, batch, frames).transpose(0, 1)
 
     def _native_max_over_frequency(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`max_over_frequency` in bf16 with the AMX kernel of :mod:`tagger.native`, which folds
+        """:meth:`max_over_frequency` in bf16 with the native kernel of :mod:`tagger.native`, which folds
         each product into the maxima while it is computed, so no product is ever written.
 
         The products are those of :meth:`_banded_max_over_frequency` (``native_band`` positions each),
@@ -515,7 +516,7 @@ class Musicnn(nn.Module):
     :meth:`ConvBlock._banded_max_over_frequency`): frequency positions for the timbral blocks, frames
     for the temporal ones."""
     NATIVE_BAND = {"timbral74": 4, "timbral77": 6, "temporal128": 32, "temporal64": 32, "temporal32": 32}
-    """The same for the AMX kernel (:meth:`ConvBlock._native_max_over_frequency`). Its products are not
+    """The same for the native kernel (:meth:`ConvBlock._native_max_over_frequency`). Its products are not
     written, so a temporal block can be wider: 32 frames make the rows 160, 96 and 64 samples deep,
     whole multiples of AMX's 32."""
 

@@ -1,10 +1,13 @@
-"""A native kernel for musicnn's front end on CPUs with Intel AMX: a bf16 matrix product that is reduced
-to its maxima while it is computed (``kernels/banded_max.c``), so that the product is never written.
+"""A native kernel for musicnn's front end: a bf16 matrix product that is reduced to its maxima while it
+is computed (``kernels/banded_max.c``), so that the product is never written. It has two versions: Intel
+AMX tiles, and AVX512-BF16 dot products for CPUs without AMX (AMD Zen 4/5, Intel Cooper Lake).
 
 The C source is compiled on first use with the host's C compiler (``$CC``, else ``cc``) into genretag's
 cache folder, named by a hash of the source, the flags and the compiler's version, and loaded with
-ctypes. Where there is no AMX, no compiler, or the build fails, :func:`banded_max_kernel` returns None
-and musicnn runs its torch path; ``GENRETAG_NATIVE=0`` turns the kernel off.
+ctypes. Where the CPU has neither instruction set, there is no compiler, or the build fails,
+:func:`banded_max_kernel` returns None and musicnn runs its torch path. ``GENRETAG_NATIVE`` chooses:
+``auto`` (the default: AMX where the CPU has it, else AVX512-BF16), ``amx``, ``avx512`` (either only
+where the CPU has it), or ``0`` / ``off`` (none).
 
 The kernel runs on the calling thread. musicnn uses it only in calls that torch gives one thread, as a
 CPU scan does by default (one batch per core): a call with several threads keeps torch's products,
@@ -34,18 +37,42 @@ def cache_folder() -> Path:
     return Path(base) / "genretag" / "kernels"
 
 
-@lru_cache(maxsize=1)
+KERNELS = {"amx": "genretag_banded_max", "avx512": "genretag_banded_max_avx512"}
+"""The C entry point of each version, by ``GENRETAG_NATIVE`` name."""
+OFF = ("0", "off", "false", "no")
+
+
 def banded_max_kernel():
-    """The loaded ``genretag_banded_max`` function, or None where it cannot run here."""
-    if os.environ.get("GENRETAG_NATIVE", "1") == "0" or not cpu_has_amx_bf16():
+    """The loaded kernel function that ``GENRETAG_NATIVE`` and this CPU choose, or None."""
+    return _kernel(os.environ.get("GENRETAG_NATIVE", "auto"))
+
+
+def kernel_isas() -> list[str]:
+    """The kernel versions this CPU can run, preferred first."""
+    return [isa for isa, available in (("amx", cpu_has_amx_bf16), ("avx512", cpu_has_avx512_bf16))
+            if available()]
+
+
+@lru_cache(maxsize=None)
+def _kernel(choice: str):
+    """The kernel for one ``GENRETAG_NATIVE`` value: ``amx`` or ``avx512`` (that version, where this CPU
+    has it), one of :data:`OFF`, or anything else (``auto``): the first of :func:`kernel_isas`."""
+    isas = kernel_isas()
+    if choice.lower() in OFF:
+        isas = []
+    elif choice in KERNELS:
+        isas = [isa for isa in isas if isa == choice]
+    else:  # auto, 1, or anything else
+        isas = isas[:1]
+    if not isas:
         return None
     try:
         library = ctypes.CDLL(str(_built_library()))
     except (OSError, subprocess.SubprocessError):
         return None
-    if library.genretag_amx_enable() != 0:  # the kernel would die on its first tile instruction
+    if isas[0] == "amx" and library.genretag_amx_enable() != 0:  # it would die on its first tile
         return None
-    kernel = library.genretag_banded_max
+    kernel = getattr(library, KERNELS[isas[0]])
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     kernel.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, i64, ptr, i64]
     kernel.restype = None
@@ -82,9 +109,17 @@ def position_minor(weight: torch.Tensor, positions: int) -> torch.Tensor:
 
 
 def to_vnni(weight: torch.Tensor) -> torch.Tensor:
-    """[k, n] -> [k / 2, n, 2] bf16: rows 2i and 2i + 1 interleaved, the layout AMX reads B in."""
+    """[k, n] -> [k / 2, n, 2] bf16: rows 2i and 2i + 1 interleaved, the layout both kernels read B in."""
     k, n = weight.shape
     return weight.to(torch.bfloat16).view(k // 2, 2, n).transpose(1, 2).contiguous()
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16's dot products (and the Linux kernel reports them)."""
+    try:
+        return torch.cpu._is_avx512_bf16_supported() and "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except (AttributeError, OSError):
+        return False
 
 
 def cpu_has_amx_bf16() -> bool:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tagger.errors import ModelError
-from tagger.native import cpu_has_amx_bf16
+from tagger.native import KERNELS, banded_max_kernel, kernel_isas
 from tagger.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, block_starts, load_builtin,
                             log_compress, log_mel, patch_counts, valid_patches)
 
@@ -167,7 +167,14 @@ def test_max_over_frequency_equals_the_plain_block_for_mixed_sign_batch_norm():
     torch.testing.assert_close(block.max_over_frequency(x), block(x).amax(dim=3), rtol=0, atol=1e-5)
 
 
-needs_amx = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="the native kernel needs a CPU with AMX-BF16")
+@pytest.fixture(params=[pytest.param(isa, marks=pytest.mark.skipif(isa not in kernel_isas(),
+                                                                   reason=f"this CPU has no {isa}"))
+                        for isa in KERNELS])
+def native_kernel(request, monkeypatch):
+    """musicnn's native path on each kernel version this CPU can run (AMX, AVX512-BF16)."""
+    monkeypatch.setenv("GENRETAG_NATIVE", request.param)
+    assert banded_max_kernel().__name__ == KERNELS[request.param]
+    return request.param
 
 
 @pytest.fixture
@@ -249,10 +256,15 @@ def test_banded_max_with_every_batch_norm_scale_of_one_sign(kernel, sign):
     _assert_fast_max_matches(block, _bf16_reference, ulp_exponent=7)
 
 
-@pytest.mark.parametrize("native", [False, pytest.param(True, marks=needs_amx)])
-def test_banded_weight_is_rebuilt_when_the_weights_change(native, one_thread):
+@pytest.mark.parametrize("path", ["torch"] + [
+    pytest.param(isa, marks=pytest.mark.skipif(isa not in kernel_isas(), reason=f"this CPU has no {isa}"))
+    for isa in KERNELS])
+def test_banded_weight_is_rebuilt_when_the_weights_change(path, one_thread, monkeypatch):
     """The banded weight (the torch path's, or the native kernel's) is built once per weights: loading
     other weights into the block must not leave the old one in use."""
+    native = path != "torch"
+    if native:
+        monkeypatch.setenv("GENRETAG_NATIVE", path)
     first, second = _mixed_sign_block((7, 5), band=4), _mixed_sign_block((7, 5), band=4)
     first.native_band = second.native_band = 4 if native else None
     with torch.no_grad():
@@ -297,11 +309,10 @@ def _float32_product_reference(block, x):
     return block.bn(active).amax(dim=3), out.abs().max(), picked == 0
 
 
-@needs_amx
 @pytest.mark.parametrize("kernel,band", [((7, 5), 2), ((7, 5), 3), ((7, 5), 4), ((7, 5), 5), ((7, 5), 40),
                                          ((6, 1), 1), ((6, 1), 3), ((6, 1), 7), ((6, 1), 32)])
-def test_native_max_equals_the_plain_block_on_float32_products(kernel, band, one_thread):
-    """The AMX kernel's path, with blocks that overlap, divide and exceed the positions, odd blocks
+def test_native_max_equals_the_plain_block_on_float32_products(kernel, band, native_kernel, one_thread):
+    """The native kernel's path, with blocks that overlap, divide and exceed the positions, odd blocks
     (whose channels are padded to 32), and 16 bands (repeated up to the kernel's 32-row groups)."""
     pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
     block = _mixed_sign_block(kernel, band=4, pad=pad)
@@ -310,9 +321,8 @@ def test_native_max_equals_the_plain_block_on_float32_products(kernel, band, one
     _assert_both_kinds_cut_and_kept(block, _assert_fast_max_matches(block, _float32_product_reference, 16))
 
 
-@needs_amx
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_native_max_with_every_batch_norm_scale_of_one_sign(sign, one_thread):
+def test_native_max_with_every_batch_norm_scale_of_one_sign(sign, native_kernel, one_thread):
     block = _mixed_sign_block((7, 5), band=4)
     block.native_band = 4
     with torch.no_grad():
@@ -320,9 +330,8 @@ def test_native_max_with_every_batch_norm_scale_of_one_sign(sign, one_thread):
     _assert_fast_max_matches(block, _float32_product_reference, 16)
 
 
-@needs_amx
 @pytest.mark.parametrize("kernel", [(7, 5), (6, 1)])
-def test_native_max_of_products_negative_everywhere(kernel, one_thread):
+def test_native_max_of_products_negative_everywhere(kernel, native_kernel, one_thread):
     """Positive input and negative weights: every product is negative, so rows that the native path
     adds to fill the kernel's tiles (zeros would give 0) must never be the max."""
     pad = (0, 0, 3, 3) if kernel[1] > 1 else (0, 0, 2, 3)
@@ -335,8 +344,7 @@ def test_native_max_of_products_negative_everywhere(kernel, one_thread):
     _assert_fast_max_matches(block, _float32_product_reference, 16, x=torch.rand(3, 1, 20, 16) + 0.5)
 
 
-@needs_amx
-def test_the_built_in_model_runs_on_the_native_kernel_and_agrees_with_fp32(wavs, one_thread):
+def test_the_built_in_model_runs_on_the_native_kernel_and_agrees_with_fp32(wavs, native_kernel, one_thread):
     """The whole network in bf16, on the native kernel and on the torch products: both near fp32
     (the mid- and back-end's bf16 dominate what is left), with fp32's top label for every signal."""
     fp32 = load_builtin("musicnn-msd", precision="fp32")

@@ -1,5 +1,6 @@
-"""The AMX kernel of tagger.native: its results against float64 products, its operand checks, its
-build cache, and the torch path that musicnn falls back to where the kernel cannot be built."""
+"""The native kernels of tagger.native (AMX and AVX512-BF16): their results against float64 products,
+the operand checks, the build cache, the choice between them, and the torch path that musicnn falls
+back to where no kernel can be built."""
 from __future__ import annotations
 
 import os
@@ -10,9 +11,19 @@ import textwrap
 import pytest
 import torch
 
-from tagger.native import banded_max, banded_max_kernel, cpu_has_amx_bf16, position_minor, to_vnni
+from tagger.native import KERNELS, banded_max, banded_max_kernel, kernel_isas, position_minor, to_vnni
 
-needs_amx = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="the native kernel needs a CPU with AMX-BF16")
+needs_native = pytest.mark.skipif(not kernel_isas(), reason="the native kernels need AMX-BF16 or AVX512-BF16")
+ISAS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in kernel_isas(), reason=f"this CPU has no {isa}"))
+        for isa in KERNELS]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    """Each kernel version this CPU can run, chosen through GENRETAG_NATIVE."""
+    monkeypatch.setenv("GENRETAG_NATIVE", request.param)
+    assert banded_max_kernel().__name__ == KERNELS[request.param]
+    return request.param
 
 
 def _reference(a: torch.Tensor, b: torch.Tensor, positions: int, row_group: int) -> torch.Tensor:
@@ -23,11 +34,10 @@ def _reference(a: torch.Tensor, b: torch.Tensor, positions: int, row_group: int)
     return per_position.view(rows // row_group, row_group, -1).amax(dim=1).float()
 
 
-@needs_amx
 @pytest.mark.parametrize("rows,k,n,positions,row_group", [
     (32, 32, 32, 1, 1), (64, 64, 64, 2, 1), (64, 32, 96, 3, 1), (1888, 288, 832, 4, 1), (1888, 512, 1248, 6, 1),
     (960, 160, 1632, 1, 96), (960, 64, 1632, 1, 96), (96, 32, 64, 1, 32)])
-def test_kernel_folds_the_product_into_the_running_maxima(rows, k, n, positions, row_group):
+def test_kernel_folds_the_product_into_the_running_maxima(rows, k, n, positions, row_group, isa):
     """Shapes of musicnn's blocks and the smallest ones allowed. ``z``
     starts with values that win some of the maxima: the kernel updates it, it does not overwrite it."""
     g = torch.Generator().manual_seed(rows + k + n)
@@ -41,8 +51,7 @@ def test_kernel_folds_the_product_into_the_running_maxima(rows, k, n, positions,
     torch.testing.assert_close(z, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
-@needs_amx
-def test_kernel_reads_rows_with_a_stride_in_place():
+def test_kernel_reads_rows_with_a_stride_in_place(isa):
     """Row stride larger than the depth (a window into longer series, as the temporal blocks use)."""
     g = torch.Generator().manual_seed(1)
     series = torch.randn(64, 100, generator=g).bfloat16()
@@ -53,7 +62,7 @@ def test_kernel_reads_rows_with_a_stride_in_place():
     torch.testing.assert_close(z, _reference(a, b, 1, 32), rtol=1e-5, atol=1e-4)
 
 
-@needs_amx
+@needs_native
 @pytest.mark.parametrize("change", ["rows", "depth", "columns", "group", "z rows", "dtype"])
 def test_kernel_refuses_operands_it_cannot_read(change):
     """The kernel itself checks nothing: a wrong shape would read or write past a tensor."""
@@ -99,7 +108,7 @@ def _python(code: str, env: dict) -> subprocess.CompletedProcess:
                           env={**os.environ, **env}, timeout=300)
 
 
-@needs_amx
+@needs_native
 def test_kernel_is_built_once_into_the_cache_folder(tmp_path):
     code = """
         from tagger.native import banded_max_kernel, cache_folder
@@ -116,8 +125,8 @@ def test_kernel_is_built_once_into_the_cache_folder(tmp_path):
     assert second.stdout == first.stdout and built[0].stat().st_mtime_ns == stamp  # not built again
 
 
-@pytest.mark.parametrize("env", [{"GENRETAG_NATIVE": "0"}, {"CC": "no-such-compiler"},
-                                 {"CC": "false"}])
+@pytest.mark.parametrize("env", [{"GENRETAG_NATIVE": "0"}, {"GENRETAG_NATIVE": "off"},
+                                 {"CC": "no-such-compiler"}, {"CC": "false"}])
 def test_without_the_kernel_musicnn_runs_its_torch_path(tmp_path, env):
     """Kernel switched off, no compiler, or a compiler that fails: the same model still predicts, on
     the torch products, and gives what the torch path gives in this process."""
@@ -141,8 +150,7 @@ def test_without_the_kernel_musicnn_runs_its_torch_path(tmp_path, env):
     assert not list(tmp_path.rglob("*.so"))
 
 
-@needs_amx
-def test_with_the_kernel_musicnn_runs_it_in_one_thread_calls_only():
+def test_with_the_kernel_musicnn_runs_it_in_one_thread_calls_only(isa):
     """Where it can, bf16 musicnn takes the native path in a one-thread call (its output differs from
     the torch path's), and torch's products in a call with several threads."""
     assert banded_max_kernel() is not None
@@ -165,3 +173,19 @@ def test_with_the_kernel_musicnn_runs_it_in_one_thread_calls_only():
         torch.set_num_threads(saved)
     assert not torch.equal(native, products)
     torch.testing.assert_close(several, products, rtol=0, atol=1e-5)  # the same computation, on 2 threads
+
+
+@pytest.mark.parametrize("choice", ["auto", "1", "yes", "amx", "avx512", "0", "OFF", "false"])
+def test_genretag_native_chooses_a_version_this_cpu_has(choice, monkeypatch):
+    """auto (and any unknown value) takes the first version this CPU has, AMX before AVX512-BF16; a
+    version's name takes it only where the CPU has it; 0 / off / false take none."""
+    monkeypatch.setenv("GENRETAG_NATIVE", choice)
+    here = kernel_isas()
+    if choice in KERNELS:
+        expected = KERNELS[choice] if choice in here else None
+    elif choice.lower() in ("0", "off", "false"):
+        expected = None
+    else:
+        expected = KERNELS[here[0]] if here else None
+    kernel = banded_max_kernel()
+    assert (kernel.__name__ if kernel is not None else None) == expected

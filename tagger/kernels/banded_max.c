@@ -1,12 +1,12 @@
-/* A bf16 matrix product reduced to its maxima while it is computed, on Intel AMX.
+/* A bf16 matrix product reduced to its maxima while it is computed, on Intel AMX or with AVX512-BF16.
  *
  * musicnn's front end keeps only the max over frequency of each convolution's output. As matrix
  * products (see tagger/musicnn.py, ConvBlock), torch must write every product to memory for the
  * reduction to read it back: on a 2-core Xeon, oneDNN produces about 3e9 bf16 outputs per second and
  * core whatever the product's depth, so the three temporal convolutions, 27.5 million outputs per
  * 30 s window, ran at a fifth of the AMX rate, and the timbral folds added a tenth to a window. Here each
- * 16 x 16 float32 accumulator tile is folded into the running maxima as soon as it is complete, from
- * L1, and only the maxima are written.
+ * block of float32 accumulators is folded into the running maxima as soon as it is complete, from
+ * registers or L1, and only the maxima are written.
  *
  *   Z[g, q] = max(Z[g, q], max over rows r of group g and positions p < P of (A @ B)[r, c(q, p)])
  *
@@ -14,11 +14,13 @@
  * c(q, p) = (q / 16) * 16 * P + 16 * p + q % 16, for q < n / P.
  *
  * A: [rows, k] bf16 with a row stride of lda elements; rows a multiple of 32, k of 32.
- * B: [k / 2, n, 2] bf16, the product's [k, n] weight in AMX's pair-interleaved ("VNNI") layout; n a
- *    multiple of 32 and of 16 * P.
+ * B: [k / 2, n, 2] bf16, the product's [k, n] weight in the pair-interleaved ("VNNI") layout that both
+ *    AMX's tiles and AVX512-BF16's dot products read; n a multiple of 32 and of 16 * P.
  * Z: float32 rows of ldz elements, one row per group of row_group rows (1, or a multiple of 32).
  *
- * Built by tagger/native.py with the host's C compiler; used only where the CPU has AMX-BF16.
+ * Two entry points with that contract: genretag_banded_max (AMX tiles) and genretag_banded_max_avx512
+ * (AVX512-BF16 dot products, for CPUs without AMX such as AMD Zen 4/5). Built by tagger/native.py with
+ * the host's C compiler; each is called only where the CPU has its instructions.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -125,4 +127,67 @@ void genretag_banded_max(const uint16_t *a, int64_t lda, int64_t rows, const uin
         }
     }
     _tile_release();
+}
+
+/* ---- AVX512-BF16 ------------------------------------------------------------------------------ */
+
+#define AVX_ROWS 8        /* rows of A per block: 8 x 2 accumulators of 16 floats */
+#define AVX_ROW_CHUNK 64  /* rows swept per column strip, so that the strip of B stays in L1 */
+
+static inline void fold_vector(float *out, __m512 high) {
+    _mm512_storeu_ps(out, _mm512_max_ps(_mm512_loadu_ps(out), high));
+}
+
+static inline __m512 max_of_rows(const __m512 *acc) {
+    __m512 high = acc[0];
+    for (int i = 1; i < AVX_ROWS; i++)
+        high = _mm512_max_ps(high, acc[i]);
+    return high;
+}
+
+/* Rows r..r+7 of A against the 32 columns of B that start at column tile j, folded into Z. */
+static inline __attribute__((always_inline)) void avx512_block(const uint16_t *a, int64_t lda, int64_t r, const uint16_t *b_strip,
+                                int64_t pairs, int64_t n, int64_t column0, int64_t column1,
+                                int64_t row_group, float *z, int64_t ldz) {
+    __m512 acc0[AVX_ROWS], acc1[AVX_ROWS];
+    for (int i = 0; i < AVX_ROWS; i++)
+        acc0[i] = acc1[i] = _mm512_setzero_ps();
+    const uint16_t *rows = a + r * lda;
+    for (int64_t p = 0; p < pairs; p++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b_strip + p * n * 2);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b_strip + p * n * 2 + 32);
+        for (int i = 0; i < AVX_ROWS; i++) {
+            int32_t pair;
+            memcpy(&pair, rows + i * lda + 2 * p, sizeof pair);
+            const __m512bh a_pair = (__m512bh)_mm512_set1_epi32(pair);
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], a_pair, b0);
+            acc1[i] = _mm512_dpbf16_ps(acc1[i], a_pair, b1);
+        }
+    }
+    if (row_group != 1) {  /* all 8 rows are in one group: row_group is a multiple of 32 */
+        float *out = z + (r / row_group) * ldz;
+        fold_vector(out + column0, max_of_rows(acc0));
+        fold_vector(out + column1, max_of_rows(acc1));
+    } else if (column0 == column1) {  /* two positions of one channel tile: one read and write of Z */
+        for (int i = 0; i < AVX_ROWS; i++)
+            fold_vector(z + (r + i) * ldz + column0, _mm512_max_ps(acc0[i], acc1[i]));
+    } else {
+        for (int i = 0; i < AVX_ROWS; i++) {
+            fold_vector(z + (r + i) * ldz + column0, acc0[i]);
+            fold_vector(z + (r + i) * ldz + column1, acc1[i]);
+        }
+    }
+}
+
+void genretag_banded_max_avx512(const uint16_t *a, int64_t lda, int64_t rows, const uint16_t *b, int64_t k,
+                                int64_t n, int64_t positions, int64_t row_group, float *z, int64_t ldz) {
+    const int64_t pairs = k / 2, n_tiles = n / 16;
+    for (int64_t r0 = 0; r0 < rows; r0 += AVX_ROW_CHUNK) {
+        const int64_t r_end = r0 + AVX_ROW_CHUNK < rows ? r0 + AVX_ROW_CHUNK : rows;
+        for (int64_t j = 0; j < n_tiles; j += 2) {
+            const int64_t column0 = (j / positions) * 16, column1 = ((j + 1) / positions) * 16;
+            for (int64_t r = r0; r < r_end; r += AVX_ROWS)
+                avx512_block(a, lda, r, b + j * 32, pairs, n, column0, column1, row_group, z, ldz);
+        }
+    }
 }
