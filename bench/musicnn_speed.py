@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--model", default="musicnn-msd")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per call (0: torch's default); a scan's calls get 1, which "
-                             "is where the native AMX kernel runs")
+                             "is where the native kernel runs")
     args = parser.parse_args()
     with StealClock() as clock:
         run(args)
@@ -120,8 +120,8 @@ def run(args) -> None:
     if device.type == "cpu":
         from tagger.native import banded_max_kernel
 
-        native = banded_max_kernel() is not None and torch.get_num_threads() == 1
-        print("bf16 front end: " + ("the native AMX kernel (tagger/native.py)" if native
+        kernel = banded_max_kernel() if torch.get_num_threads() == 1 else None
+        print("bf16 front end: " + (f"the native kernel {kernel.__name__} (tagger/native.py)" if kernel
                                     else "torch matrix products"))
     peaks = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -309,7 +309,8 @@ def main() -> None:
     if args.device == "cpu" and args.model.startswith("builtin:"):
         from tagger.native import banded_max_kernel
 
-        print("musicnn bf16 front end: " + ("the native AMX kernel" if banded_max_kernel() else "torch products"))
+        kernel = banded_max_kernel()
+        print("musicnn bf16 front end: " + (f"the native kernel {kernel.__name__}" if kernel else "torch products"))
     print(steal.summary())
 
 
