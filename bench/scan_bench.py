@@ -310,7 +310,8 @@ def main() -> None:
         from tagger.native import banded_max_kernel
 
         kernel = banded_max_kernel()
-        print("musicnn bf16 front end: " + (f"the native kernel {kernel.__name__}" if kernel else "torch products"))
+        front = f"the native kernel {kernel.__name__}" if kernel else "torch products"
+        print(f"musicnn bf16 front end: {front}")
     print(steal.summary())
 
 
