@@ -108,6 +108,6 @@ def _covers(module, query, key, value, attention_mask, dropout, kwargs) -> bool:
     return (attention_mask is None and not dropout and not torch.is_grad_enabled()
             and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.bfloat16
             and query.shape[1] == key.shape[1] == value.shape[1] and key.shape[2] == value.shape[2]
-            and not kwargs.get("is_causal", getattr(module, "is_causal", False))
+            and not kwargs.get("is_causal", getattr(module, "is_causal", True))  # transformers' default
             and kwargs.get("position_bias") is None and not kwargs.get("output_attentions")
             and kwargs.get("softcap") is None)

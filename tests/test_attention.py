@@ -41,6 +41,7 @@ def test_attend_matches_attention_for_every_query_block(shape, row_block_rows, m
 def test_attention_function_uses_the_module_scaling_and_default_scaling():
     query, key, value = _qkv(1, 2, 20, 30, 16, seed=1)
     module = torch.nn.Module()
+    module.is_causal = False  # transformers treats a module that does not say so as causal
     with torch.inference_mode():
         scaled, none = attention.head_by_head_attention(module, query, key, value, None, scaling=0.5)
         default, _ = attention.head_by_head_attention(module, query, key, value, None)
@@ -50,7 +51,7 @@ def test_attention_function_uses_the_module_scaling_and_default_scaling():
                                rtol=0)
 
 
-@pytest.mark.parametrize("case", ["mask", "grad", "float32", "causal", "dropout"])
+@pytest.mark.parametrize("case", ["mask", "grad", "float32", "causal", "unsaid", "dropout"])
 def test_calls_it_does_not_cover_go_to_transformers_sdpa(case):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -58,7 +59,8 @@ def test_calls_it_does_not_cover_go_to_transformers_sdpa(case):
     if case == "float32":
         query, key, value = query.float(), key.float(), value.float()
     module = torch.nn.Module()
-    module.is_causal = case == "causal"
+    if case != "unsaid":  # a module without is_causal: transformers' sdpa takes it as causal
+        module.is_causal = case == "causal"
     mask = None
     if case == "mask":
         mask = torch.zeros(1, 1, 12, 12, dtype=torch.bfloat16)
@@ -71,7 +73,7 @@ def test_calls_it_does_not_cover_go_to_transformers_sdpa(case):
         theirs, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout)
         plain = attention.attend(query.bfloat16(), key.bfloat16(), value.bfloat16(), 16 ** -0.5)
     assert torch.equal(ours, theirs)
-    if case in ("mask", "causal", "dropout"):  # and the fallback matters: plain attention differs
+    if case in ("mask", "causal", "unsaid", "dropout"):  # the fallback matters: plain attention differs
         assert not torch.allclose(plain.float(), ours.float(), atol=BF16_ATOL)
 
 
