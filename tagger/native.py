@@ -21,13 +21,17 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).with_name("kernels") / "banded_max.c"
-FLAGS = ("-O3", "-shared", "-fPIC", "-mavx512f", "-mavx512bf16", "-mamx-tile", "-mamx-bf16")
+AVX512_FLAGS = ("-O3", "-shared", "-fPIC", "-mavx512f", "-mavx512bf16")
+FLAGS = {"amx": AVX512_FLAGS + ("-mamx-tile", "-mamx-bf16"), "avx512": AVX512_FLAGS}
+"""The compiler flags of each version's build. Each version is its own library, so a compiler that does not
+know AMX's flags (gcc before 11) still builds the AVX512 one."""
 BUILD_SECONDS = 120.0
 
 
@@ -62,17 +66,23 @@ def _kernel(choice: str):
         isas = []
     elif choice in KERNELS:
         isas = [isa for isa in isas if isa == choice]
-    else:  # auto, 1, or anything else
-        isas = isas[:1]
-    if not isas:
-        return None
+    for isa in isas:  # auto, 1, or anything else: the first that builds and loads
+        kernel = _loaded(isa)
+        if kernel is not None:
+            return kernel
+    return None
+
+
+def _loaded(isa: str):
+    """One version's kernel function, built and loaded; None where it does not build, load or (AMX) get
+    the tile permission."""
     try:
-        library = ctypes.CDLL(str(_built_library()))
+        library = ctypes.CDLL(str(_built_library(isa)))
     except (OSError, subprocess.SubprocessError):
         return None
-    if isas[0] == "amx" and library.genretag_amx_enable() != 0:  # it would die on its first tile
+    if isa == "amx" and library.genretag_amx_enable() != 0:  # it would die on its first tile
         return None
-    kernel = getattr(library, KERNELS[isas[0]])
+    kernel = getattr(library, KERNELS[isa])
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     kernel.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, i64, ptr, i64]
     kernel.restype = None
@@ -131,21 +141,47 @@ def cpu_has_amx_bf16() -> bool:
         return False
 
 
-def _built_library() -> Path:
-    """The compiled kernel, built once per source, flags and compiler; written atomically, so that two
-    processes building at once both end with a whole library."""
+def _built_library(isa: str) -> Path:
+    """One version's compiled kernel, built once per source, flags and compiler; written atomically, so
+    that two processes building at once both end with a whole library."""
     compiler = os.environ.get("CC", "cc")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True,
                              timeout=BUILD_SECONDS).stdout
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = cache_folder() / f"banded_max-{digest}.so"
+    flags = FLAGS[isa]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + version.encode()).hexdigest()
+    target = cache_folder() / f"banded_max-{isa}-{digest[:16]}.so"
     if target.exists():
+        _mark_used(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, check=True,
+        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, check=True,
                        timeout=BUILD_SECONDS)
         os.replace(built, target)
+    _remove_stale_builds(target)
     return target
+
+
+STALE_DAYS = 30
+
+
+def _mark_used(build: Path) -> None:
+    """Set the build's time to now, so that :func:`_remove_stale_builds` keeps a build still in use."""
+    try:
+        os.utime(build)
+    except OSError:  # a cache shared read-only: nothing will remove it either
+        pass
+
+
+def _remove_stale_builds(kept: Path) -> None:
+    """Delete builds of older sources, flags or compilers, last used over :data:`STALE_DAYS` ago: an
+    upgrade leaves its predecessor's build behind, while another install sharing the cache keeps using
+    its own (each load refreshes its time)."""
+    cutoff = time.time() - STALE_DAYS * 86400
+    for old in kept.parent.glob("banded_max-*.so"):
+        try:
+            if old != kept and old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:  # another process removed it, or the cache is not ours to clean
+            pass

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -119,10 +120,69 @@ def test_kernel_is_built_once_into_the_cache_folder(tmp_path):
     assert first.returncode == 0, first.stderr
     built = sorted((tmp_path / "genretag" / "kernels").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"
-    stamp = built[0].stat().st_mtime_ns
+    inode = built[0].stat().st_ino
     second = _python(code, {"XDG_CACHE_HOME": str(tmp_path)})
     assert second.returncode == 0, second.stderr
-    assert second.stdout == first.stdout and built[0].stat().st_mtime_ns == stamp  # not built again
+    assert second.stdout == first.stdout and built[0].stat().st_ino == inode  # not built again
+
+
+DAY = 86400
+
+
+@needs_native
+def test_a_build_removes_stale_builds_and_keeps_those_in_use(tmp_path):
+    """Builds of other sources or compilers go once unused for STALE_DAYS; a build still loaded by some
+    install has its time refreshed on every load, so it stays."""
+    from tagger.native import STALE_DAYS
+
+    folder = tmp_path / "genretag" / "kernels"
+    folder.mkdir(parents=True)
+    stale, recent, unrelated = (folder / name for name in ("banded_max-avx512-0123.so",
+                                                            "banded_max-amx-4567.so", "notes.txt"))
+    for path, age in ((stale, STALE_DAYS + 1), (recent, STALE_DAYS - 1), (unrelated, STALE_DAYS + 1)):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age * DAY,) * 2)
+    code = """
+        from tagger.native import banded_max_kernel
+        assert banded_max_kernel() is not None
+    """
+    first = _python(code, {"XDG_CACHE_HOME": str(tmp_path)})
+    assert first.returncode == 0, first.stderr
+    left = {path.name for path in folder.iterdir()}
+    assert stale.name not in left and {recent.name, unrelated.name} <= left and len(left) == 3
+    (ours,) = left - {recent.name, unrelated.name}
+    os.utime(folder / ours, (time.time() - (STALE_DAYS + 1) * DAY,) * 2)
+    second = _python(code, {"XDG_CACHE_HOME": str(tmp_path)})
+    assert second.returncode == 0, second.stderr
+    assert time.time() - (folder / ours).stat().st_mtime < DAY  # loading it marked it as in use
+
+
+@pytest.mark.skipif("avx512" not in kernel_isas(), reason="this CPU has no AVX512-BF16")
+def test_a_compiler_without_amx_flags_still_builds_the_avx512_kernel(tmp_path):
+    """gcc before 11 knows AVX512-BF16's flags but not AMX's: auto then takes the AVX512 version (on an
+    AMX CPU too), and asking for amx gives no kernel."""
+    compiler = tmp_path / "old-cc"
+    compiler.write_text('#!/bin/sh\nfor flag; do case "$flag" in -mamx*) '
+                        'echo "cc: error: unrecognized option $flag" >&2; exit 1;; esac; done\n'
+                        'exec cc "$@"\n')
+    compiler.chmod(0o755)
+    code = """
+        import os, torch
+        from tagger.native import KERNELS, banded_max, banded_max_kernel, to_vnni
+        kernel = banded_max_kernel()
+        print(kernel.__name__ if kernel is not None else None)
+        torch.manual_seed(0)
+        a, b = torch.randn(32, 32).bfloat16(), torch.randn(32, 32).bfloat16()
+        z = torch.full((32, 32), -torch.inf)
+        banded_max(a, to_vnni(b), 1, 1, z)
+        torch.testing.assert_close(z, a.double() @ b.double(), rtol=1e-5, atol=1e-4, check_dtype=False)
+        os.environ["GENRETAG_NATIVE"] = "amx"
+        print(banded_max_kernel())
+    """
+    out = _python(code, {"XDG_CACHE_HOME": str(tmp_path), "CC": str(compiler), "GENRETAG_NATIVE": "auto"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [KERNELS["avx512"], "None"]
+    assert [path.name.split("-")[1] for path in (tmp_path / "genretag" / "kernels").glob("*.so")] == ["avx512"]
 
 
 @pytest.mark.parametrize("env", [{"GENRETAG_NATIVE": "0"}, {"GENRETAG_NATIVE": "off"},

@@ -20,7 +20,9 @@
  *
  * Two entry points with that contract: genretag_banded_max (AMX tiles) and genretag_banded_max_avx512
  * (AVX512-BF16 dot products, for CPUs without AMX such as AMD Zen 4/5). Built by tagger/native.py with
- * the host's C compiler; each is called only where the CPU has its instructions.
+ * the host's C compiler, once per version with only that version's flags: the AMX part is compiled only
+ * where the compiler is given -mamx-tile (gcc 11 and later know it), so an older compiler still builds
+ * the AVX512 one. Each is called only where the CPU has its instructions.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -36,6 +38,7 @@ int genretag_amx_enable(void) {
     return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
 }
 
+#ifdef __AMX_TILE__
 typedef struct {
     uint8_t palette_id;
     uint8_t start_row;
@@ -128,6 +131,7 @@ void genretag_banded_max(const uint16_t *a, int64_t lda, int64_t rows, const uin
     }
     _tile_release();
 }
+#endif /* __AMX_TILE__ */
 
 /* ---- AVX512-BF16 ------------------------------------------------------------------------------ */
 
