@@ -1,11 +1,13 @@
 """Deterministic music-like synthetic tracks: the demo library and the benchmark corpora.
 
 Each style is a tempo, a drum pattern, a chord progression and a timbre; the same seed always gives
-the same samples. FFmpeg encodes them to the requested formats.
+the same samples. FFmpeg encodes them to the requested formats: the ``ffmpeg`` program where there is one,
+else torchcodec's encoder over the FFmpeg libraries that genretag decodes with.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import wave
@@ -70,6 +72,8 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -
 
 def encode(samples: np.ndarray, path: Path, sample_rate: int = SAMPLE_RATE, title: str | None = None) -> Path:
     """Encode mono samples to ``path``; the codec follows the suffix (see :data:`CODEC_ARGS`)."""
+    if shutil.which("ffmpeg") is None:
+        return encode_with_libraries(samples, path, sample_rate, title)
     fmt = path.suffix.lstrip(".").lower()
     with tempfile.TemporaryDirectory() as tmp:
         src = write_wav(Path(tmp) / "src.wav", samples, sample_rate)
@@ -78,6 +82,53 @@ def encode(samples: np.ndarray, path: Path, sample_rate: int = SAMPLE_RATE, titl
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), *CODEC_ARGS[fmt],
                         *out_rate, *meta, str(path)], check=True)
     return path
+
+
+LIBRARY_BIT_RATES = {"mp3": 128_000, "opus": 96_000, "m4a": 128_000}
+""":data:`CODEC_ARGS`' rates for torchcodec's encoder, which picks the codec from the suffix as the ffmpeg
+program does (libmp3lame, libvorbis, libopus, aac, flac, 16-bit PCM). Vorbis keeps libvorbis' default
+quality: it refuses most fixed rates for 22.05 kHz mono."""
+
+
+def encode_with_libraries(samples: np.ndarray, path: Path, sample_rate: int = SAMPLE_RATE,
+                          title: str | None = None) -> Path:
+    """:func:`encode` without the ``ffmpeg`` program, as on a machine that has only FFmpeg's shared
+    libraries (a wheel's, say): torchcodec encodes, and mutagen writes the title."""
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in CODEC_ARGS:
+        raise ValueError(f"{path}: no encoder settings for .{fmt}")
+    out_rate = {"sample_rate": 48000} if fmt == "opus" else {}
+    encoder = AudioEncoder(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None],
+                           sample_rate=sample_rate)
+    encoder.to_file(path, bit_rate=LIBRARY_BIT_RATES.get(fmt), **out_rate)
+    if title:
+        _write_title(path, title)
+    return path
+
+
+def _write_title(path: Path, title: str) -> None:
+    """The title where the ffmpeg program puts it: Vorbis comments, ID3, MP4 atoms, and a WAV's RIFF
+    INFO list (which FFmpeg's encoder always writes, and which players read before an ID3 chunk)."""
+    import mutagen
+
+    from .tagformats import riff_info_value, riff_set_info
+
+    if path.suffix.lower() == ".wav" and riff_info_value(str(path), b"INAM")[0]:
+        riff_set_info(str(path), b"INAM", title)
+        return
+    audio = mutagen.File(path, easy=True)
+    if audio.tags is None:
+        audio.add_tags()
+    if hasattr(audio.tags, "getall"):  # a WAV without an INFO list: ID3, which has no "easy" keys there
+        from mutagen.id3 import TIT2
+
+        audio.tags.add(TIT2(encoding=3, text=[title]))
+    else:
+        audio.tags["title"] = [title]
+    audio.save()
 
 
 def make_demo_library(folder: str | os.PathLike, tracks: int = 6, seconds: float = 40.0,
