@@ -44,6 +44,9 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--profile", action="store_true",
+                   help="after each model and precision, the operators that took the most device time "
+                        "over three calls of the largest batch (torch.profiler)")
     args = p.parse_args()
     import torch
 
@@ -58,6 +61,29 @@ def main() -> None:
                     rate = measure(classifier, batch, args.seconds)
                     print(f"{name:22} {precision:5} batch {batch:4}: {rate:8.1f} windows/s = "
                           f"{rate / 3:7.1f} tracks/s at 3 windows", flush=True)
+                if args.profile:
+                    print(profile(classifier, max(args.batches)), flush=True)
+
+
+def profile(classifier, batch: int, calls: int = 3, rows: int = 15) -> str:
+    """The top operators by self time on the classifier's device (CUDA kernels on a GPU), over
+    ``calls`` predictions of ``batch`` windows after a warm-up one: what bounds the model phase."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    samples = int(30 * classifier.sampling_rate)
+    windows, lengths = (torch.rand(batch, samples) - 0.5) * 0.5, torch.full((batch,), samples)
+    classifier.predict(windows, lengths)
+    cuda = classifier.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as run:
+        for _ in range(calls):
+            classifier.predict(windows, lengths)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return run.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
 
 
 if __name__ == "__main__":

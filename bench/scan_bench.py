@@ -11,6 +11,8 @@ matmul peak measured in this run, and top-1 agreement between fp32 and the preci
 wall time counts the one-time start-up of a scan (the model is loaded before it, but importing
 torchcodec, about 2 s of a 2-core machine, happens at the first decode), so C's rate after its first
 track comes out is printed too: what a large library sees.
+``--distinct K`` builds K tracks and repeats them (for thousands of tracks on a GPU); ``--a-tracks`` and
+``--b-tracks`` time the slow contenders on the first tracks only and extrapolate per track.
 ``--model`` is a full-size random-weight architecture built from its default config (wav2vec2-base,
 distilhubert, ast) or any local checkpoint / builtin:NAME.
 """
@@ -255,6 +257,9 @@ def main() -> None:
     p.add_argument("--concurrent-batches", type=int, default=0, help="C's batches at once (0: genretag's default)")
     p.add_argument("--skip-a", action="store_true", help="skip the per-file pipeline (slow on CPU)")
     p.add_argument("--a-tracks", type=int, default=0, help="run A on only this many tracks (extrapolated)")
+    p.add_argument("--b-tracks", type=int, default=0, help="run B on only this many tracks (extrapolated)")
+    p.add_argument("--distinct", type=int, default=0,
+                   help="generate only this many tracks and repeat them up to --tracks (0: all distinct)")
     p.add_argument("--child")
     p.add_argument("--model-path")
     p.add_argument("--files", nargs="*")
@@ -262,7 +267,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.model_path, args.files, args)))
         return
-    files = [str(f) for f in make_library(args.library, args.tracks)]
+    distinct = [str(f) for f in make_library(args.library, min(args.distinct or args.tracks, args.tracks))]
+    files = [distinct[i % len(distinct)] for i in range(args.tracks)]
     with tempfile.TemporaryDirectory() as tmp, StealClock() as steal:
         model = build_model(args.model, Path(tmp))
         before = matmul_peak(args.device)
@@ -270,7 +276,9 @@ def main() -> None:
         after = matmul_peak(args.device)
         peak = {k: max(before[k], after[k]) for k in before}
         if not args.model.startswith("builtin:"):
-            results["B"] = run_child("B", args, model, files)
+            b_files = files[: args.b_tracks or len(files)]
+            results["B"] = run_child("B", args, model, b_files)
+            results["B"]["per_track"] = results["B"]["seconds"] / len(b_files)
             if not args.skip_a:
                 a_files = files[: args.a_tracks or len(files)]
                 results["A"] = run_child("A", args, model, a_files)
@@ -279,7 +287,8 @@ def main() -> None:
             args.precision = "fp32"
             results["fp32"] = run_child("C", args, model, files)
     c = results["C"]
-    print(f"machine: {os.cpu_count()} CPUs, device {args.device}; model {args.model}; {len(files)} tracks, "
+    print(f"machine: {os.cpu_count()} CPUs, device {args.device}; model {args.model}; {len(files)} tracks "
+          f"({len(distinct)} distinct), "
           f"{c['windows']} windows (max {args.max_windows}/track); C precision {c['precision']}")
     print(f"matmul peak (higher of before/after C): fp32 {peak['float32']:.0f} GFLOP/s "
           f"({before['float32']:.0f}/{after['float32']:.0f}), bf16 {peak['bfloat16']:.0f} GFLOP/s "
