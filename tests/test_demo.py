@@ -68,3 +68,13 @@ def test_without_the_ffmpeg_program_the_libraries_encode_the_same_format(fmt, tm
     else:  # lossy, with the codec's delay trimmed or not: the same length and loudness
         assert abs(len(out) - len(samples)) < 0.06 * SAMPLE_RATE
         assert np.sqrt(np.mean(out ** 2)) == pytest.approx(np.sqrt(np.mean(samples ** 2)), rel=0.15)
+
+
+def test_a_wav_without_an_info_list_gets_its_title_in_id3(tmp_path):
+    """Python's wave module writes no RIFF INFO list: the title then goes into an ID3 chunk."""
+    from tagger.demo import _write_title, write_wav
+
+    path = write_wav(tmp_path / "plain.wav", synth("pulse", 1.0))
+    _write_title(path, "pulse 1")
+    assert str(mutagen.File(path).tags["TIT2"]) == "pulse 1"
+    assert len(decoded(path)) == SAMPLE_RATE
