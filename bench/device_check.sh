@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a GPU machine lent for minutes that has PyTorch, torchaudio,
+# The GPU checks in one run of a few minutes, for a GPU machine that has PyTorch, torchaudio,
 # transformers and pytest but no network, no FFmpeg and none of genretag's other dependencies.
 #
 #   here:   python bench/device_kit.py            # wheels + FFmpeg's libraries into .whl/ (23 MiB)
