@@ -10,12 +10,14 @@
 #   versions  what runs there: torch, CUDA device, transformers, torchcodec + the FFmpeg it loaded
 #   scan      bench/scan_bench.py per model: B (HF pipeline per window, first B_TRACKS tracks) and C
 #             (genretag scan) on TRACKS tracks made of DISTINCT generated ones, WORKERS decoders
+#   decode    bench/decode_throughput.py: the scan's decode stage alone on 4 and WORKERS threads, on
+#             the scan's library, and the single-thread cost per format: the ceiling decoding sets
 #   infer     bench/infer_throughput.py: model-phase windows/s per batch size and precision, and the
 #             operators that take the most GPU time in the largest batch (torch.profiler)
 #   gpu-tests pytest -m gpu: musicnn against the TensorFlow reference on CUDA, the transformers
 #             classifiers and a whole scan on CUDA against the CPU
 # Settings (environment): KIT=.whl DEVICE=cuda TRACKS=2000 DISTINCT=24 B_TRACKS=20 WORKERS=16
-#   MODELS="wav2vec2-base builtin:musicnn-msd" BATCHES="16 64" STEPS="versions gpu-tests infer scan"
+#   MODELS="wav2vec2-base builtin:musicnn-msd" BATCHES="16 64" STEPS="versions scan decode infer gpu-tests"
 #   PYTHON=python3
 set -u
 KIT=${KIT:-.whl}
@@ -27,7 +29,7 @@ B_TRACKS=${B_TRACKS:-20}
 WORKERS=${WORKERS:-16}
 MODELS=${MODELS:-wav2vec2-base builtin:musicnn-msd}
 BATCHES=${BATCHES:-16 64}
-STEPS=${STEPS:-versions gpu-tests infer scan}
+STEPS=${STEPS:-versions scan decode infer gpu-tests}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -51,7 +53,7 @@ step() {  # step NAME SECONDS COMMAND...: run it under a limit, keep its log, sa
     echo "== $name: exit $rc after $((SECONDS - started)) s"
 }
 
-step versions 60 "$PY" -c "
+step versions 30 "$PY" -c "
 import sys, torch, transformers, torchcodec
 from torchcodec.decoders import AudioDecoder
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__,
@@ -61,11 +63,13 @@ maps = open('/proc/self/maps').read().split()
 print('ffmpeg', sorted({word.rsplit('/', 1)[-1] for word in maps if 'libavcodec' in word}))
 "
 for model in $MODELS; do  # the scan first: it is what the GPU target is about
-    step scan 180 "$PY" bench/scan_bench.py --device "$DEVICE" --model "$model" --workers "$WORKERS" \
+    step scan 150 "$PY" bench/scan_bench.py --device "$DEVICE" --model "$model" --workers "$WORKERS" \
         --tracks "$TRACKS" --distinct "$DISTINCT" --skip-a --b-tracks "$B_TRACKS" --library "$WORK/library"
     mv "$OUT/scan.log" "$OUT/scan-${model//[:\/]/-}.log" 2>/dev/null
 done
-step infer 120 "$PY" bench/infer_throughput.py --device "$DEVICE" --models $MODELS --batches $BATCHES \
+step decode 60 "$PY" bench/decode_throughput.py --workers 4 "$WORKERS" --tracks 192 --distinct 12 \
+    --library "$WORK/library"
+step infer 100 "$PY" bench/infer_throughput.py --device "$DEVICE" --models $MODELS --batches $BATCHES \
     --precisions bf16 fp32 --seconds 3 --profile
-step gpu-tests 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
+step gpu-tests 80 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
 rm -rf "$WORK"

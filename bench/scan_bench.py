@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.host import StealClock  # noqa: E402
-from bench.library import make_library  # noqa: E402
+from bench.library import CD_RATE, make_library  # noqa: E402
 
 
 def build_model(name: str, folder: Path) -> str:
@@ -63,9 +63,10 @@ def peak_rss_mib(who=resource.RUSAGE_SELF) -> float:
 def run_child(mode: str, args, model: str, files: list[str]) -> dict:
     """Each contender runs in its own process, so peak RSS is its own."""
     cmd = [sys.executable, __file__, "--child", mode, "--model-path", model, "--device", args.device,
-           "--max-windows", str(args.max_windows), "--precision", args.precision, "--workers", str(args.workers),
-           "--batch-size", str(args.batch_size or 0),
-           "--concurrent-batches", str(args.concurrent_batches or 0), "--files", *files]
+           "--max-windows", str(args.max_windows), "--precision", args.precision,
+           *(["--workers", str(args.workers)] if args.workers is not None else []),
+           "--batch-size", str(args.batch_size or 0), "--concurrent-batches", str(args.concurrent_batches or 0),
+           "--files", *files]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"contender {mode} failed:\n" + "\n".join(l for l in out.stderr.splitlines() if not l.startswith("    "))[-4000:])
@@ -252,7 +253,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto")
     p.add_argument("--max-windows", type=int, default=3)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="C's decoding threads (default: genretag's)")
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--concurrent-batches", type=int, default=0, help="C's batches at once (0: genretag's default)")
     p.add_argument("--skip-a", action="store_true", help="skip the per-file pipeline (slow on CPU)")
@@ -260,6 +261,8 @@ def main() -> None:
     p.add_argument("--b-tracks", type=int, default=0, help="run B on only this many tracks (extrapolated)")
     p.add_argument("--distinct", type=int, default=0,
                    help="generate only this many tracks and repeat them up to --tracks (0: all distinct)")
+    p.add_argument("--sample-rate", type=int, default=CD_RATE, help="the generated library's rate")
+    p.add_argument("--channels", type=int, default=2, choices=(1, 2), help="the generated library's channels")
     p.add_argument("--child")
     p.add_argument("--model-path")
     p.add_argument("--files", nargs="*")
@@ -267,7 +270,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.model_path, args.files, args)))
         return
-    distinct = [str(f) for f in make_library(args.library, min(args.distinct or args.tracks, args.tracks))]
+    distinct = [str(f) for f in make_library(args.library, min(args.distinct or args.tracks, args.tracks),
+                                             sample_rate=args.sample_rate, channels=args.channels)]
     files = [distinct[i % len(distinct)] for i in range(args.tracks)]
     with tempfile.TemporaryDirectory() as tmp, StealClock() as steal:
         model = build_model(args.model, Path(tmp))
@@ -288,7 +292,7 @@ def main() -> None:
             results["fp32"] = run_child("C", args, model, files)
     c = results["C"]
     print(f"machine: {os.cpu_count()} CPUs, device {args.device}; model {args.model}; {len(files)} tracks "
-          f"({len(distinct)} distinct), "
+          f"({len(distinct)} distinct, {args.sample_rate} Hz, {args.channels} channel(s)), "
           f"{c['windows']} windows (max {args.max_windows}/track); C precision {c['precision']}")
     print(f"matmul peak (higher of before/after C): fp32 {peak['float32']:.0f} GFLOP/s "
           f"({before['float32']:.0f}/{after['float32']:.0f}), bf16 {peak['bfloat16']:.0f} GFLOP/s "

@@ -61,25 +61,45 @@ def synth(style: str, seconds: float, seed: int = 0, sample_rate: int = SAMPLE_R
     return (out / max(1e-9, np.abs(out).max()) * 0.5).astype(np.float32)
 
 
+HIFI_CODEC_ARGS = {
+    **CODEC_ARGS, "mp3": ["-c:a", "libmp3lame", "-b:a", "320k"], "ogg": ["-c:a", "libvorbis", "-q:a", "6"],
+    "opus": ["-c:a", "libopus", "-b:a", "160k"], "m4a": ["-c:a", "aac", "-b:a", "256k"],
+}
+"""What a collection's stereo files use: 320 kbit/s MP3, iTunes' 256 kbit/s AAC, Vorbis quality 6
+(about 192 kbit/s), 160 kbit/s Opus. The benchmark library is encoded with these."""
+
+
+def stereo(samples: np.ndarray, sample_rate: int, delay_s: float = 0.011) -> np.ndarray:
+    """``[2, n]`` channels made from mono ``samples``: each leans towards a copy delayed by ``delay_s``,
+    so the channels differ as a real mix's do and an encoder must code both."""
+    delayed = np.concatenate([np.zeros(int(delay_s * sample_rate), samples.dtype), samples])[: samples.size]
+    return np.stack([0.75 * samples + 0.25 * delayed, 0.25 * samples + 0.75 * delayed]).astype(np.float32)
+
+
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """16-bit PCM of ``[n]`` (mono) or ``[channels, n]`` samples."""
+    frames = np.atleast_2d(samples)
     with wave.open(str(path), "wb") as fh:
-        fh.setnchannels(1)
+        fh.setnchannels(frames.shape[0])
         fh.setsampwidth(2)
         fh.setframerate(sample_rate)
-        fh.writeframes((samples * 32767).astype("<i2").tobytes())
+        fh.writeframes((frames.T * 32767).astype("<i2").tobytes())
     return path
 
 
-def encode(samples: np.ndarray, path: Path, sample_rate: int = SAMPLE_RATE, title: str | None = None) -> Path:
-    """Encode mono samples to ``path``; the codec follows the suffix (see :data:`CODEC_ARGS`)."""
+def encode(samples: np.ndarray, path: Path, sample_rate: int = SAMPLE_RATE, title: str | None = None,
+           hifi: bool = False) -> Path:
+    """Encode ``[n]`` mono or ``[channels, n]`` samples to ``path``; the codec follows the suffix, at
+    :data:`CODEC_ARGS`' rates, or :data:`HIFI_CODEC_ARGS`' with ``hifi``."""
     if shutil.which("ffmpeg") is None:
-        return encode_with_libraries(samples, path, sample_rate, title)
+        return encode_with_libraries(samples, path, sample_rate, title, hifi)
     fmt = path.suffix.lstrip(".").lower()
     with tempfile.TemporaryDirectory() as tmp:
         src = write_wav(Path(tmp) / "src.wav", samples, sample_rate)
         meta = ["-metadata", f"title={title}"] if title else []
         out_rate = ["-ar", "48000"] if fmt == "opus" else []
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), *CODEC_ARGS[fmt],
+        codec = (HIFI_CODEC_ARGS if hifi else CODEC_ARGS)[fmt]
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), *codec,
                         *out_rate, *meta, str(path)], check=True)
     return path
 
@@ -88,10 +108,13 @@ LIBRARY_BIT_RATES = {"mp3": 128_000, "opus": 96_000, "m4a": 128_000}
 """:data:`CODEC_ARGS`' rates for torchcodec's encoder, which picks the codec from the suffix as the ffmpeg
 program does (libmp3lame, libvorbis, libopus, aac, flac, 16-bit PCM). Vorbis keeps libvorbis' default
 quality: it refuses most fixed rates for 22.05 kHz mono."""
+HIFI_LIBRARY_BIT_RATES = {"mp3": 320_000, "opus": 160_000, "m4a": 256_000, "ogg": 192_000}
+""":data:`HIFI_CODEC_ARGS`' rates for torchcodec's encoder (which has no quality scale: Vorbis gets
+quality 6's nominal rate)."""
 
 
 def encode_with_libraries(samples: np.ndarray, path: Path, sample_rate: int = SAMPLE_RATE,
-                          title: str | None = None) -> Path:
+                          title: str | None = None, hifi: bool = False) -> Path:
     """:func:`encode` without the ``ffmpeg`` program, as on a machine that has only FFmpeg's shared
     libraries (a wheel's, say): torchcodec encodes, and mutagen writes the title."""
     import torch
@@ -101,9 +124,9 @@ def encode_with_libraries(samples: np.ndarray, path: Path, sample_rate: int = SA
     if fmt not in CODEC_ARGS:
         raise ValueError(f"{path}: no encoder settings for .{fmt}")
     out_rate = {"sample_rate": 48000} if fmt == "opus" else {}
-    encoder = AudioEncoder(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None],
-                           sample_rate=sample_rate)
-    encoder.to_file(path, bit_rate=LIBRARY_BIT_RATES.get(fmt), **out_rate)
+    frames = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(samples), dtype=np.float32))
+    encoder = AudioEncoder(frames, sample_rate=sample_rate)
+    encoder.to_file(path, bit_rate=(HIFI_LIBRARY_BIT_RATES if hifi else LIBRARY_BIT_RATES).get(fmt), **out_rate)
     if title:
         _write_title(path, title)
     return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -30,6 +31,34 @@ from .settings import ScanSettings
 def default_batch_size(device) -> int:
     """On CPU one window at a time is fastest per window; a GPU wants full batches."""
     return 64 if device.type == "cuda" else 1
+
+
+MAX_DECODE_WORKERS = 32
+"""Enough threads to keep a GPU fed at several hundred tracks a second; each holds up to two decoded
+tracks (5.8 MiB each at 16 kHz), so 32 of them keep at most 370 MiB of windows in flight."""
+
+
+def default_decode_workers(device) -> int:
+    """Decoding threads for a scan that does not set ``--workers``.
+
+    Decoding a track's three windows costs 60–310 ms of one core for 44.1 kHz stereo files (WAV the
+    least, Opus the most; ``bench/decode_throughput.py``), against seconds of model time on a CPU: there
+    two threads keep inference fed, and more would only take cores from the model. A GPU infers those
+    windows in milliseconds, so decoding bounds a GPU scan: it gets a thread per core it may use, but
+    one for the thread that feeds the GPU.
+    """
+    if device.type == "cpu":
+        return 2
+    return max(2, min(MAX_DECODE_WORKERS, usable_cpu_count() - 1))
+
+
+def usable_cpu_count() -> int:
+    """Cores this process may run on: its affinity mask (a container's or ``taskset``'s), not the
+    machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def default_concurrent_batches(device) -> int:
@@ -107,7 +136,8 @@ def timed_out_result(track: Track, timeout: float) -> TrackResult:
 
 
 class LocalEngine:
-    """Decode on ``settings.workers`` threads running ahead of inference in this process.
+    """Decode on ``settings.workers`` threads (:func:`default_decode_workers` unless set) running ahead
+    of inference in this process.
 
     FFmpeg releases the GIL while it decodes, so threads overlap decoding with the model. On a GPU the
     model runs on the calling thread; on a CPU ``settings.concurrent_batches`` batches (default 2)
@@ -129,8 +159,10 @@ class LocalEngine:
         batch_size = self.settings.batch_size or default_batch_size(device)
         concurrency = 1 if device.type != "cpu" else (
             self.settings.concurrent_batches or default_concurrent_batches(device))
+        workers = self.settings.workers
         decoded = bounded_map(lambda t: decode_or_fail(t, rate, max_windows), tracks,
-                              self.settings.workers, timeout=self.settings.decode_timeout,
+                              default_decode_workers(device) if workers is None else workers,
+                              timeout=self.settings.decode_timeout,
                               on_timeout=partial(timed_out_result, timeout=self.settings.decode_timeout))
         if concurrency > 1:
             bound_malloc_arenas(1)

@@ -61,7 +61,9 @@ class ScanSettings:
     top_k: int = _opt(1, "Most genres written per track.")
     min_confidence: float | None = _opt(None, "Lowest score a genre needs; below it the track is "
                                               "'abstained' (default: the model's own, else 0.3).")
-    workers: int = _opt(2, "Decoding threads running ahead of inference.")
+    workers: int | None = _opt(None, "Decoding threads running ahead of inference (default: 2 when the "
+                                     "model runs on the CPU; with CUDA, one per usable CPU core but "
+                                     "one, at most 32).")
     concurrent_batches: int | None = _opt(None, "Batches the model works on at once on CPU, each with "
                                                 "an equal share of the cores; 1 gives every core to "
                                                 "one batch (default: 2 with two or more cores).")

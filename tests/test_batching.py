@@ -1,4 +1,5 @@
 """Batching: every window's probabilities go back to its own track, whatever the batch size."""
+import shutil
 import threading
 import time
 
@@ -229,3 +230,32 @@ def test_bounded_malloc_arenas_keep_new_threads_in_one_arena():
 
     assert arenas("free") > 1  # glibc's default: threads that allocate at once get arenas of their own
     assert arenas("bounded") == 1
+
+
+def test_decode_workers_default_to_two_on_cpu_and_to_the_usable_cores_on_a_gpu(monkeypatch):
+    """A CPU scan is bound by the model, a GPU scan by decoding: the GPU default follows the cores this
+    process may use (its affinity, not the machine's count), keeps one for the feeding thread, and stops
+    at MAX_DECODE_WORKERS."""
+    import os
+
+    from tagger.engine import MAX_DECODE_WORKERS, default_decode_workers, usable_cpu_count
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert usable_cpu_count() == len(os.sched_getaffinity(0))
+    for cores, expected in [(1, 2), (2, 2), (3, 2), (16, 15), (64, MAX_DECODE_WORKERS)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert usable_cpu_count() == cores
+        assert default_decode_workers(cpu) == 2
+        assert default_decode_workers(cuda) == expected
+
+
+def test_usable_cpu_count_follows_a_taskset_affinity():
+    import subprocess
+    import sys
+
+    if shutil.which("taskset") is None:
+        pytest.skip("no taskset")
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
+                          "from tagger.engine import usable_cpu_count; print(usable_cpu_count())"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

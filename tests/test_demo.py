@@ -78,3 +78,44 @@ def test_a_wav_without_an_info_list_gets_its_title_in_id3(tmp_path):
     _write_title(path, "pulse 1")
     assert str(mutagen.File(path).tags["TIT2"]) == "pulse 1"
     assert len(decoded(path)) == SAMPLE_RATE
+
+
+def stream_of(path):
+    """Channels and sample rate of the file's own audio stream, as FFmpeg reads them."""
+    meta = AudioDecoder(str(path)).metadata
+    return meta.num_channels, meta.sample_rate
+
+
+@pytest.mark.parametrize("encoder", ["ffmpeg program", "libraries"])
+def test_hifi_stereo_encodes_two_distinct_channels_at_collection_bit_rates(encoder, tmp_path, monkeypatch):
+    """The bench library's tracks are what a collection holds: 44.1 kHz stereo (Opus 48 kHz), 320 kbit/s
+    MP3 and 256 kbit/s AAC, whichever encoder makes them, with channels that differ as a mix's do."""
+    from tagger.demo import stereo
+
+    if encoder == "libraries":
+        monkeypatch.setenv("PATH", str(tmp_path))
+    elif shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg program")
+    samples = stereo(synth("rockish", 4.0, seed=2, sample_rate=44100), 44100)
+    assert samples.shape[0] == 2 and not np.allclose(samples[0], samples[1], atol=1e-3)
+    for fmt in FORMATS:
+        path = encode(samples, tmp_path / f"s.{fmt}", 44100, hifi=True)
+        assert stream_of(path) == (2, 48000 if fmt == "opus" else 44100), fmt
+        left, right = AudioDecoder(str(path)).get_all_samples().data.numpy()
+        assert np.sqrt(np.mean((left - right) ** 2)) > 0.01, fmt
+    assert abs(mutagen.File(tmp_path / "s.mp3").info.bitrate - 320_000) < 8_000
+    assert mutagen.File(tmp_path / "s.m4a").info.bitrate > 200_000  # 128 kbit/s without hifi
+
+
+def test_bench_library_keeps_each_rate_and_channel_layout_in_its_own_folder(tmp_path):
+    from bench.library import make_library
+
+    stereo_paths = make_library(tmp_path, 2, min_s=3, max_s=3, formats=("flac", "mp3"), workers=1)
+    mono_paths = make_library(tmp_path, 2, min_s=3, max_s=3, formats=("flac", "mp3"), workers=1,
+                              sample_rate=22050, channels=1)
+    assert {p.relative_to(tmp_path).parts[0] for p in stereo_paths} == {"44100hz-2ch"}
+    assert {p.relative_to(tmp_path).parts[0] for p in mono_paths} == {"22050hz-1ch"}
+    assert [stream_of(p) for p in stereo_paths] == [(2, 44100)] * 2
+    assert [stream_of(p) for p in mono_paths] == [(1, 22050)] * 2
+    again = make_library(tmp_path, 2, min_s=3, max_s=3, formats=("flac", "mp3"), workers=1)
+    assert again == stereo_paths and all(p.stat().st_size for p in again)
