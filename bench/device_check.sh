@@ -2,7 +2,7 @@
 # The GPU checks in one run of a few minutes, for a GPU machine that has PyTorch, torchaudio,
 # transformers and pytest but no network, no FFmpeg and none of genretag's other dependencies.
 #
-#   here:   python bench/device_kit.py            # wheels + FFmpeg's libraries into .whl/ (23 MiB)
+#   here:   python bench/device_kit.py            # wheels + FFmpeg's libraries into .whl/ (31 MiB)
 #   there:  bash bench/device_check.sh            # from the repository root, with .whl/ carried along
 #
 # Steps, each under its own time limit (570 s in all, for one 600 s call), each log written to $OUT

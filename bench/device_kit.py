@@ -1,17 +1,19 @@
 """What a scan needs on a GPU machine that has PyTorch and transformers but no network, no FFmpeg and no
 genretag dependencies: wheels and FFmpeg's shared libraries, built here, to carry there.
 
-    python bench/device_kit.py [--out .whl] [--python 3.12] [--torchcodec 0.11.1] [--av 15.1.0]
+    python bench/device_kit.py [--out .whl] [--python 3.12] [--torchcodec VERSION] [--av 15.1.0]
 
 Writes into ``--out``:
 
 * the wheels genretag imports beyond PyTorch, torchaudio and transformers: torchcodec in the release
-  built for that machine's torch (0.11 for torch 2.11; torchcodec's README has the table), mutagen,
-  sqlite-utils and its two small dependencies;
+  pyproject.toml pins, mutagen, sqlite-utils and its two small dependencies. torchcodec 0.14 and later
+  load beside an older torch (0.17 ran every check with torch 2.11), and only they seek in audio:
+  0.11-0.13 decode every window from the start of the stream, which made a track's three windows
+  cost 1.6x as much (213 against 131 ms per track on one Xeon core, 44.1 kHz stereo);
 * ``ffmpeg-libs.tar.xz``: FFmpeg's shared libraries as a PyAV wheel ships them (PyAV 15.1: FFmpeg 7.1
   with lame, vorbis and opus, so the bench library can be encoded there too), with the plain names
   torchcodec asks the dynamic linker for (``libavcodec.so.61`` and so on) as links to PyAV's
-  hash-named copies. About 23 MiB in all.
+  hash-named copies. About 31 MiB in all.
 
 ``bench/device_check.sh`` installs the kit there and runs the GPU checks.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import tomllib
 import subprocess
 import sys
 import tarfile
@@ -28,7 +31,17 @@ from pathlib import Path
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 PURE = ("mutagen==1.48.1", "sqlite-utils==4.2.1", "sqlite-fts4==1.0.3", "click-default-group==1.2.4")
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 FFMPEG_LIBRARIES = ("avcodec", "avdevice", "avfilter", "avformat", "avutil", "swresample", "swscale")
+
+
+def pinned_torchcodec(pyproject: Path = PYPROJECT) -> str:
+    """The torchcodec version genretag's own install pins, so that the GPU checks decode as users do."""
+    for requirement in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+        name, _, version = requirement.partition("==")
+        if name.strip() == "torchcodec" and version:
+            return version.strip()
+    raise SystemExit(f"{pyproject}: no torchcodec==VERSION among the dependencies")
 
 
 def download(requirements: list[str], python: str, into: Path) -> list[Path]:
@@ -71,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(".whl"))
     parser.add_argument("--python", default="3.12", help="that machine's Python (major.minor)")
-    parser.add_argument("--torchcodec", default="0.11.1", help="the torchcodec built for that machine's torch")
+    parser.add_argument("--torchcodec", default=pinned_torchcodec(), help="default: the version pyproject.toml pins")
     parser.add_argument("--av", default="15.1.0", help="the PyAV release whose FFmpeg torchcodec supports")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

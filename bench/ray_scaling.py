@@ -1,11 +1,12 @@
 """What `genretag scan --engine ray` does per worker on this machine, and what 10 million tracks a day
 would take.
 
-    python bench/ray_scaling.py --tracks 16 [--cpus N] [--library DIR]
+    python bench/ray_scaling.py --tracks 16 [--cpus N] [--library DIR] [--sample-rate 22050 --channels 1]
 
 Runs the Ray engine's own stages on a local Ray cluster:
-  decode     ``decode_row`` as Ray Data tasks over 3–5 min tracks (bench/library.py, six formats;
-             3 windows each), on 1 CPU worker and then on every CPU: tracks/s per CPU worker;
+  decode     ``decode_row`` as Ray Data tasks over 3–5 min tracks (bench/library.py: six formats,
+             44.1 kHz stereo unless ``--sample-rate``/``--channels`` say otherwise; 3 windows each),
+             on 1 CPU worker and then on every CPU: tracks/s per CPU worker;
   inference  the ``Predictor`` actor with the built-in model on 1 CPU, fed decoded tracks:
              windows/s and tracks/s per CPU worker (model loading excluded).
 Then sizes a cluster for 10M tracks in 24 h (116 tracks/s) from the measured decode rate and the
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.library import make_library
+from bench.library import CD_RATE, make_library
 
 MODEL = "builtin:musicnn-msd"
 TARGET_TRACKS, TARGET_SECONDS = 10_000_000, 24 * 3600
@@ -109,6 +110,8 @@ def main() -> None:
     p.add_argument("--library", type=Path, default=Path("/tmp/genretag-bench/ray-scaling"))
     p.add_argument("--seconds", type=float, default=20.0, help="How long inference is timed.")
     p.add_argument("--rounds", type=int, default=3, help="Times each track is decoded per measurement.")
+    p.add_argument("--sample-rate", type=int, default=CD_RATE, help="the generated library's rate")
+    p.add_argument("--channels", type=int, default=2, choices=(1, 2), help="the generated library's channels")
     args = p.parse_args()
     import ray
     from ray.data import DataContext
@@ -117,13 +120,13 @@ def main() -> None:
     from tagger.infer import load_classifier
     from tagger.records import Track
 
-    paths = make_library(args.library, args.tracks)
+    paths = make_library(args.library, args.tracks, sample_rate=args.sample_rate, channels=args.channels)
     tracks = [_track_row(Track(str(p), p.stat().st_size, p.stat().st_mtime_ns)) for p in paths]
     sample_rate = load_classifier(MODEL, "cpu", "fp32").sampling_rate
     ray.init("local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING)
     print(f"machine: {os.cpu_count()} CPUs; Ray cluster: {args.cpus} CPUs; {len(tracks)} tracks of 3-5 min "
-          f"in {args.library}", flush=True)
+          f"({args.sample_rate} Hz, {args.channels} channel(s)) in {args.library}", flush=True)
     DataContext.get_current().enable_progress_bars = False
     decode_rate(tracks[:2 * args.cpus], sample_rate, args.cpus)  # starts the workers, imports torch there
     rates = {}

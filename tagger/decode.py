@@ -1,7 +1,9 @@
 """Step 2: decode only the windows that will be analysed, at the model's rate, in mono.
 
 FFmpeg (through torchcodec's ``AudioDecoder``) resamples and downmixes while it decodes and seeks to
-each window, so a 4-minute track costs three 30 s decodes rather than a full one.
+each window, so a 4-minute track costs three 30 s decodes rather than a full one. (torchcodec seeks in
+audio since 0.14; 0.11-0.13 decoded from the start of the stream up to each window, the same samples
+at up to 2x the cost, which is one reason pyproject.toml pins the release.)
 
 Window placement: a track no longer than one window is one window, zero-padded. A longer one gets
 ``n = min(max_windows, duration // window)`` windows; the time the windows do not cover is split into
