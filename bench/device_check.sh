@@ -12,8 +12,9 @@
 #             (genretag scan) on TRACKS tracks made of DISTINCT generated ones, WORKERS decoders
 #   decode    bench/decode_throughput.py: the scan's decode stage alone on 4 and WORKERS threads, on
 #             the scan's library, and the single-thread cost per format: the ceiling decoding sets
-#   infer     bench/infer_throughput.py: model-phase windows/s per batch size and precision, and the
-#             operators that take the most GPU time in the largest batch (torch.profiler)
+#   infer     bench/infer_throughput.py: model-phase windows/s per batch size and precision, wav2vec2
+#             with transformers' convolutions and with the time-major products, and the operators
+#             that take the most GPU time in the largest batch (torch.profiler)
 #   gpu-tests pytest -m gpu: musicnn against the TensorFlow reference on CUDA, the transformers
 #             classifiers and a whole scan on CUDA against the CPU
 # Settings (environment): KIT=.whl DEVICE=cuda TRACKS=2000 DISTINCT=24 B_TRACKS=20 WORKERS=16
@@ -63,13 +64,13 @@ maps = open('/proc/self/maps').read().split()
 print('ffmpeg', sorted({word.rsplit('/', 1)[-1] for word in maps if 'libavcodec' in word}))
 "
 for model in $MODELS; do  # the scan first: it is what the GPU target is about
-    step scan 150 "$PY" bench/scan_bench.py --device "$DEVICE" --model "$model" --workers "$WORKERS" \
+    step scan 135 "$PY" bench/scan_bench.py --device "$DEVICE" --model "$model" --workers "$WORKERS" \
         --tracks "$TRACKS" --distinct "$DISTINCT" --skip-a --b-tracks "$B_TRACKS" --library "$WORK/library"
     mv "$OUT/scan.log" "$OUT/scan-${model//[:\/]/-}.log" 2>/dev/null
 done
 step decode 60 "$PY" bench/decode_throughput.py --workers 4 "$WORKERS" --tracks 192 --distinct 12 \
     --library "$WORK/library"
-step infer 100 "$PY" bench/infer_throughput.py --device "$DEVICE" --models $MODELS --batches $BATCHES \
-    --precisions bf16 fp32 --seconds 3 --profile
+step infer 130 "$PY" bench/infer_throughput.py --device "$DEVICE" --models $MODELS --batches $BATCHES \
+    --precisions bf16 fp32 --feature-encoders auto time-major --seconds 3 --profile
 step gpu-tests 80 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
 rm -rf "$WORK"

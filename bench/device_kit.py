@@ -84,7 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(".whl"))
     parser.add_argument("--python", default="3.12", help="that machine's Python (major.minor)")
-    parser.add_argument("--torchcodec", default=pinned_torchcodec(), help="default: the version pyproject.toml pins")
+    parser.add_argument("--torchcodec", default=pinned_torchcodec(),
+                        help="default: the version pyproject.toml pins")
     parser.add_argument("--av", default="15.1.0", help="the PyAV release whose FFmpeg torchcodec supports")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

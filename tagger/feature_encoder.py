@@ -24,10 +24,18 @@ usual bf16 rounding), and transformers' next step, which wants ``[batch, frames,
 without a transpose copy. :func:`use_time_major_encoder` installs it only after checking, on a short
 random input, that it reproduces the module's own forward; any layer it does not recognise leaves the
 model untouched.
+
+On a GPU the same products run for the whole batch at once (:func:`_encode_batch`: one batched matmul
+per layer and tap group over strided views, no chunks, since caches are not what bounds a GPU), but
+only when ``GENRETAG_FEATURE_ENCODER=time-major`` asks for it: cuDNN's convolutions were 57 % of
+wav2vec2-base's time on an H100, yet the time-major form has not been measured on one, so a scan keeps
+transformers' encoder there (``bench/infer_throughput.py --feature-encoders auto time-major`` compares
+the two). ``transformers`` keeps transformers' encoder on the CPU too.
 """
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 
 import torch
@@ -44,9 +52,22 @@ CHUNK_FRAMES = 256
 17 MB in bf16, against 98 MB for a whole 30 s window. In interleaved runs on a 2-core Xeon, 256 and 512
 were 5-10 % faster than the whole window at once, and 128 slower."""
 
+ENCODER_CHOICES = ("auto", "time-major", "transformers")
+"""``GENRETAG_FEATURE_ENCODER``'s values: time-major on the CPU only, on every device, or on none."""
+
 CHECK_SAMPLES = 96000
 """Six seconds: more than one chunk of wav2vec2 frames, so chunk boundaries are checked too."""
 CHECK_TOLERANCE = 1e-4
+
+
+def wants_time_major(device: torch.device) -> bool:
+    """Whether a model loaded for ``device`` gets the time-major encoder (``GENRETAG_FEATURE_ENCODER``)."""
+    choice = os.environ.get("GENRETAG_FEATURE_ENCODER", "auto")
+    if choice not in ENCODER_CHOICES:
+        log.warning("GENRETAG_FEATURE_ENCODER=%s is not one of %s; using auto", choice,
+                    ", ".join(ENCODER_CHOICES))
+        choice = "auto"
+    return choice == "time-major" or (choice == "auto" and device.type == "cpu")
 
 
 def use_time_major_encoder(model: nn.Module) -> bool:
@@ -68,11 +89,25 @@ def use_time_major_encoder(model: nn.Module) -> bool:
     return True
 
 
-def time_major_forward(encoder: nn.Module, input_values: torch.Tensor) -> torch.Tensor:
+def time_major_forward(encoder: nn.Module, input_values: torch.Tensor,
+                       batched: bool | None = None) -> torch.Tensor:
     """``encoder(input_values)`` for ``[batch, samples]`` audio: ``[batch, channels, frames]``, returned
-    as a transposed view of a time-major tensor."""
+    as a transposed view of a time-major tensor. ``batched``: the whole batch at once rather than one
+    waveform in cache-sized chunks at a time; by default off the CPU."""
+    if batched is None:
+        batched = input_values.device.type != "cpu"
+    if batched:
+        return _encode_batch(encoder.conv_layers, input_values).transpose(1, 2)
     out = [_encode_one(encoder.conv_layers, audio) for audio in input_values]
     return torch.stack(out).transpose(1, 2)
+
+
+def _encode_batch(layers: nn.ModuleList, audio: torch.Tensor) -> torch.Tensor:
+    """``[batch, samples]`` audio through the whole stack at once: ``[batch, frames, channels]``."""
+    x = audio.unsqueeze(-1)
+    norm = getattr(layers[0], "layer_norm", None)
+    first = _folded_group_norm_batch(x, layers[0].conv, norm) if isinstance(norm, nn.GroupNorm) else None
+    return _run_layers(layers, x, first, conv=_conv_batch)
 
 
 def _encode_one(layers: nn.ModuleList, audio: torch.Tensor) -> torch.Tensor:
@@ -98,15 +133,16 @@ def _encode_one(layers: nn.ModuleList, audio: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _run_layers(layers: nn.ModuleList, x: torch.Tensor, first: tuple | None) -> torch.Tensor:
-    """Every layer on audio ``x`` [samples, 1]; ``first``: the first layer's (weight, bias) with its
-    GroupNorm folded in, if it has one."""
+def _run_layers(layers: nn.ModuleList, x: torch.Tensor, first: tuple | None, conv=None) -> torch.Tensor:
+    """Every layer on audio ``x`` [samples, 1] (or [batch, samples, 1] with ``conv=_conv_batch``);
+    ``first``: the first layer's (weight, bias) with its GroupNorm folded in, if it has one."""
+    conv = conv or _conv
     for i, layer in enumerate(layers):
         norm = getattr(layer, "layer_norm", None)
         if i == 0 and first is not None:
-            x, norm = _conv(x, layer.conv, *first), None
+            x, norm = conv(x, layer.conv, *first), None
         else:
-            x = _conv(x, layer.conv)
+            x = conv(x, layer.conv)
         x = layer.activation(x if norm is None else norm(x))
     return x
 
@@ -151,6 +187,44 @@ def _conv(x: torch.Tensor, conv: nn.Conv1d, weight: torch.Tensor | None = None,
     return y
 
 
+def _conv_batch(x: torch.Tensor, conv: nn.Conv1d, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_conv` for a batch, ``x`` [batch, frames, in] -> [batch, frames', out], as batched matmuls
+    over strided views (rows ``stride * in`` apart and at most that wide, as a strided-batched GEMM's
+    operand may be). ``weight`` [batch, k * in, out] and ``bias`` [batch, out]: one folded norm per
+    waveform, when given."""
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    dtype = _compute_dtype(x)
+    x = x.to(dtype).contiguous()
+    batch, frames, channels = x.shape
+    if weight is None:  # one weight for the whole batch: cast, then expanded without a copy
+        weight = _matmul_weight(conv).to(dtype).expand(batch, -1, -1)
+        bias = None if conv.bias is None else conv.bias.to(dtype).expand(batch, -1)
+    weight = weight.to(dtype)
+    bias = None if bias is None else bias.to(dtype).unsqueeze(1)  # broadcast over the frames
+    n_out = _output_frames(frames, kernel, stride)
+    if kernel * channels <= SMALL_IM2COL:
+        cols = _strided_batch(x, n_out, stride, 0, kernel).contiguous()
+        return torch.bmm(cols, weight) if bias is None else torch.baddbmm(bias, cols, weight)
+    y = None
+    for first in range(0, kernel, stride):
+        width = min(stride, kernel - first)
+        part = _strided_batch(x, n_out, stride, first, width)
+        rows = weight[:, first * channels:(first + width) * channels]
+        if y is None:
+            y = torch.bmm(part, rows) if bias is None else torch.baddbmm(bias, part, rows)
+        else:
+            y.baddbmm_(part, rows)
+    return y
+
+
+def _strided_batch(x: torch.Tensor, n_out: int, stride: int, first: int, width: int) -> torch.Tensor:
+    """:func:`_strided_frames` of every waveform of contiguous ``x`` [batch, frames, channels]."""
+    batch, frames, channels = x.shape
+    return x.as_strided((batch, n_out, width * channels), (frames * channels, stride * channels, 1),
+                        x.storage_offset() + first * channels)
+
+
 def _output_frames(frames: int, kernel: int, stride: int) -> int:
     if frames < kernel:  # what nn.Conv1d refuses too
         raise RuntimeError(f"input of {frames} frames is shorter than the kernel ({kernel})")
@@ -187,19 +261,27 @@ def _folded_group_norm(x: torch.Tensor, conv: nn.Conv1d, norm: nn.GroupNorm) -> 
     matrix, computed in float64. Normalising is then an affine map per channel, which folds into W
     and b. Only worth it (and only used) when X is narrow, as in the first layer.
     """
+    weight, bias = _folded_group_norm_batch(x.unsqueeze(0), conv, norm)
+    return weight[0], bias[0]
+
+
+def _folded_group_norm_batch(x: torch.Tensor, conv: nn.Conv1d, norm: nn.GroupNorm) -> tuple:
+    """:func:`_folded_group_norm` for each waveform of ``x`` [batch, samples, 1] at once: (weight
+    [batch, k, out], bias [batch, out]), since GroupNorm normalises each waveform by its own moments.
+    The conv's own bias cancels out of the normalised output."""
     kernel, stride = conv.kernel_size[0], conv.stride[0]
     x = x.contiguous()
-    n_out = _output_frames(x.shape[0], kernel, stride)
+    n_out = _output_frames(x.shape[1], kernel, stride)
     with torch.autocast(x.device.type, enabled=False):
-        frames = _strided_frames(x, n_out, stride, 0, kernel).double()
-        mean_frame = frames.mean(dim=0)
-        centred = frames - mean_frame
-        covariance = centred.T @ centred / n_out
+        frames = _strided_batch(x, n_out, stride, 0, kernel).double()
+        mean_frame = frames.mean(dim=1)
+        centred = frames - mean_frame.unsqueeze(1)
+        covariance = centred.transpose(1, 2) @ centred / n_out
         w = _matmul_weight(conv).double()
-        variance = ((covariance @ w) * w).sum(dim=0).clamp_min(0)
+        variance = ((covariance @ w) * w).sum(dim=1).clamp_min(0)
         scale = norm.weight.double() * torch.rsqrt(variance + norm.eps)
-        shift = norm.bias.double() - (mean_frame @ w) * scale  # the conv's own bias cancels out
-    return (w * scale).float(), shift.float()
+        shift = norm.bias.double() - (mean_frame @ w) * scale
+    return (w * scale.unsqueeze(1)).float(), shift.float()
 
 
 def _supported(encoder: nn.Module) -> bool:
@@ -235,8 +317,13 @@ def _agrees(encoder: nn.Module, fast) -> bool:
     param = next(encoder.parameters())
     generator = torch.Generator().manual_seed(0)
     audio = torch.randn(1, CHECK_SAMPLES, generator=generator).to(param.device, param.dtype)
-    with torch.inference_mode(), torch.autocast(param.device.type, enabled=False):
-        expected, got = encoder(audio), fast(audio)
+    tf32 = torch.backends.cudnn.allow_tf32  # cuDNN's default TF32 convolutions would be the error here
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        with torch.inference_mode(), torch.autocast(param.device.type, enabled=False):
+            expected, got = encoder(audio), fast(audio)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     if expected.shape != got.shape:
         return False
     scale = expected.abs().max().clamp_min(1e-6)

@@ -316,14 +316,14 @@ class HFClassifier:
             model, extractor = _load_hub(name)
             fingerprint = _hub_fingerprint(model, name)
         model.eval().to(device)
-        if device.type == "cpu":
-            from .feature_encoder import use_time_major_encoder
+        from .feature_encoder import use_time_major_encoder, wants_time_major
 
+        if wants_time_major(device):
             use_time_major_encoder(model)
-            if precision == "bf16":
-                from .attention import use_head_by_head_attention
+        if device.type == "cpu" and precision == "bf16":
+            from .attention import use_head_by_head_attention
 
-                use_head_by_head_attention(model)
+            use_head_by_head_attention(model)
         fold_parametrizations(model)
         store_matmul_weights_in(model, precision)
         if device.type == "cuda":

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tagger.feature_encoder import use_time_major_encoder
+from tagger.feature_encoder import time_major_forward, use_time_major_encoder, wants_time_major
 
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
              conv_dim=(24,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
@@ -97,6 +97,48 @@ def test_bf16_autocast_stays_close_to_float32(name):
     assert ours_error < 2 * their_error + 1e-3  # no worse than transformers' own bf16 path
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_the_whole_batch_at_once_matches_transformers(name):
+    """The GPU form (one batched product per layer, each waveform's own GroupNorm folded), run here."""
+    original, fast = _pair(MODELS[name])
+    audio = _audio(batch=3)
+    audio[1] *= 4.0  # waveforms of different loudness: each must be normalised by its own moments
+    with torch.inference_mode():
+        want = original.feature_extractor(audio)
+        got = time_major_forward(fast.feature_extractor, audio, batched=True)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_the_whole_batch_at_once_under_bf16_stays_close_to_float32():
+    original, fast = _pair(MODELS["wav2vec2-group"])
+    audio = _audio(batch=3)
+    with torch.inference_mode():
+        reference = original.feature_extractor(audio)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = time_major_forward(fast.feature_extractor, audio, batched=True).float()
+            theirs = original.feature_extractor(audio).float()
+    ours_error = (got - reference).norm() / reference.norm()
+    assert ours_error < 2 * (theirs - reference).norm() / reference.norm() + 1e-3
+
+
+@pytest.mark.parametrize("choice,cpu,cuda", [(None, True, False), ("auto", True, False),
+                                             ("time-major", True, True), ("transformers", False, False)])
+def test_the_environment_chooses_the_encoder_per_device(monkeypatch, choice, cpu, cuda):
+    if choice is None:
+        monkeypatch.delenv("GENRETAG_FEATURE_ENCODER", raising=False)
+    else:
+        monkeypatch.setenv("GENRETAG_FEATURE_ENCODER", choice)
+    assert wants_time_major(torch.device("cpu")) is cpu
+    assert wants_time_major(torch.device("cuda")) is cuda
+
+
+def test_an_unknown_encoder_choice_warns_and_means_auto(monkeypatch, caplog):
+    monkeypatch.setenv("GENRETAG_FEATURE_ENCODER", "fastest")
+    assert wants_time_major(torch.device("cpu")) and not wants_time_major(torch.device("cuda"))
+    assert "GENRETAG_FEATURE_ENCODER=fastest" in caplog.text
+
+
 def test_state_dict_and_parameters_are_untouched():
     original, fast = _pair(_wav2vec2)
     assert original.state_dict().keys() == fast.state_dict().keys()
@@ -175,6 +217,16 @@ def test_cpu_classifier_runs_the_time_major_encoder(tmp_path):
             windows.var(1, keepdim=True, unbiased=False) + 1e-7)
         want = torch.softmax(reference(normalised).logits, dim=-1)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_transformers_choice_keeps_transformers_encoder_on_the_cpu(tmp_path, monkeypatch):
+    from tagger.infer import load_classifier
+    from tests.models import make_tiny_wav2vec2
+
+    folder = make_tiny_wav2vec2(tmp_path / "model")
+    monkeypatch.setenv("GENRETAG_FEATURE_ENCODER", "transformers")
+    classifier = load_classifier(str(folder), device="cpu", precision="fp32")
+    assert "forward" not in vars(classifier.model.base_model.feature_extractor)
 
 
 @pytest.mark.parametrize("build", ["wav2vec2", "ast"])

@@ -36,6 +36,21 @@ def test_cuda_predictions_match_the_cpu(model, request):
     torch.testing.assert_close(bf16, expected, rtol=0, atol=3e-2)
 
 
+def test_the_time_major_encoder_on_cuda_predicts_what_the_cpu_predicts(tiny_wav2vec2, monkeypatch):
+    """``GENRETAG_FEATURE_ENCODER=time-major``: installed on CUDA (its check against cuDNN passes) and
+    run for the whole batch at once, in fp32 and under bf16 autocast."""
+    from functools import partial
+
+    cpu = load_classifier(str(tiny_wav2vec2), device="cpu", precision="fp32")
+    batch, lengths = windows_for(cpu)
+    expected = cpu.predict(batch, lengths)
+    monkeypatch.setenv("GENRETAG_FEATURE_ENCODER", "time-major")
+    for precision, tolerance in (("fp32", 2e-3), ("bf16", 3e-2)):
+        cuda = load_classifier(str(tiny_wav2vec2), device="cuda", precision=precision)
+        assert isinstance(vars(cuda.model.base_model.feature_extractor).get("forward"), partial)
+        torch.testing.assert_close(cuda.predict(batch, lengths), expected, rtol=0, atol=tolerance)
+
+
 def test_a_cuda_scan_records_what_a_cpu_scan_records(library, tmp_path, tiny_wav2vec2):
     """The whole scan on CUDA (decode workers, pinned batches): the same tracks, labels and scores."""
     results = {}
