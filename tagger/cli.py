@@ -28,6 +28,16 @@ def _option(name: str, *decls, **kwargs):
     return click.option(flag, *decls, name, help=field.metadata["help"], **kwargs)
 
 
+def _check_separator(ctx, param, value):
+    """Refuse a separator that could not be read back before any file is touched (exit 2)."""
+    from .tagformats import separator_problem
+
+    problem = separator_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
 def db_option(fn):
     return click.option("--db", help=ScanSettings.help_for("db"))(fn)
 
@@ -59,7 +69,7 @@ def cli():
 @_option("provenance", is_flag=True)
 @_option("keep_mtime", is_flag=True)
 @_option("verify", is_flag=True)
-@_option("separator")
+@_option("separator", callback=_check_separator)
 @_option("engine", type=click.Choice(["local", "ray"]))
 @_option("ray_address")
 @_option("num_gpus_per_worker", type=click.FloatRange(min=0))
@@ -95,11 +105,17 @@ def scan(path, as_json, **options):
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--run", "run_id", type=int, help="Undo this run (see `genretag history`); default: the last "
-                                                  "run that wrote tags.")
+                                                  "run that wrote tags. With PATHS: only its writes to them.")
+@click.option("--force", is_flag=True, help="Restore files whose genres changed since genretag wrote them "
+                                            "(by another program or a later run) too.")
 @_option("keep_mtime", is_flag=True)
 @db_option
-def undo(paths, run_id, keep_mtime, db):
-    """Restore the genre tags that a scan wrote, exactly as they were before."""
+def undo(paths, run_id, force, keep_mtime, db):
+    """Restore the genre tags that a scan wrote, exactly as they were before.
+
+    PATHS (files or folders) limits the undo to the writes to them. A file whose genres changed since
+    genretag wrote them is left alone and reported, unless --force.
+    """
     from .journal import undo as undo_writes
     from .render import UndoView
 
@@ -107,7 +123,7 @@ def undo(paths, run_id, keep_mtime, db):
     try:
         with view:
             summary = undo_writes(ScanSettings(db=db).db_path(), run_id, list(paths) or None, keep_mtime,
-                                  on_total=view.total, on_file=view.file)
+                                  force=force, on_total=view.total, on_file=view.file)
     except KeyboardInterrupt:
         click.echo("Interrupted. The files restored so far are recorded; run the same undo again to "
                    "restore the others.", err=True)
@@ -115,7 +131,11 @@ def undo(paths, run_id, keep_mtime, db):
     except GenretagError as err:
         raise click.ClickException(str(err)) from None
     if not summary.restored and not summary.failed:
-        click.echo("Nothing to undo.")
+        if summary.undone_by is not None:
+            click.echo(f"Nothing to undo: the last run that wrote tags (run {summary.last_run}) was undone "
+                       f"by run {summary.undone_by}; `genretag undo --run N` undoes an older run.")
+        else:
+            click.echo("Nothing to undo.")
         return
     click.echo(f"Restored {summary.restored} file(s); {summary.failed} failed.")
     if summary.failed:

@@ -272,6 +272,13 @@ class Index:
         if dead:
             self.db.execute(f"delete from tag_writes where id in ({', '.join('?' * len(dead))})", dead)
 
+    def forget_if_never_written(self, write_id: int, path: str) -> bool:
+        """Drop the journal entries for ``path`` whose write never reached the file (see
+        :meth:`_drop_writes_that_never_happened`); True if ``write_id`` was one of them."""
+        with self._tx():
+            self._drop_writes_that_never_happened(path)
+            return self.db.execute("select 1 from tag_writes where id = ?", [write_id]).fetchone() is None
+
     def note_pending_write(self, write_id: int, size: int, mtime_ns: int) -> None:
         """The written copy is complete and about to replace the file; this will be the file's stat."""
         with self._tx():
@@ -307,16 +314,48 @@ class Index:
 
     # -- undo -----------------------------------------------------------------------------------------
     def undo_scope(self, run_id: int | None = None, paths: list[str] | None = None) -> tuple[str, list] | None:
-        """Which not-yet-undone writes an undo covers, as an SQL condition and its arguments: those to
-        ``paths``, else those of run ``run_id`` (default: the last run that wrote). None: nothing."""
-        if paths:  # one JSON argument: an IN list of one ? per path stops at SQLite's variable limit
-            keys = [path_key(os.path.abspath(p)) for p in paths]
-            return "path in (select value from json_each(?))", [json.dumps(keys)]
-        if run_id is None:
-            run_id = self.db.execute("select max(run_id) from tag_writes where undone_at is null").fetchone()[0]
+        """Which not-yet-undone writes an undo covers, as an SQL condition and its arguments: those of run
+        ``run_id`` (default: the last run that wrote tags, if ``paths`` are not given), to ``paths``
+        (files, or folders: everything under them) if given, or both. None: nothing to undo.
+
+        The default is the last run that wrote, even once it is undone: a second ``genretag undo``
+        finds nothing to do instead of rolling back an older run (``--run`` does that)."""
+        where, args = [], []
+        if run_id is None and not paths:
+            run_id = self.last_writing_run()
             if run_id is None:
                 return None
-        return "run_id = ?", [run_id]
+        if run_id is not None:
+            where.append("run_id = ?")
+            args.append(run_id)
+        if paths:  # JSON arguments: an IN list of one ? per path stops at SQLite's variable limit
+            files, folders = _undo_path_keys(paths)
+            where.append("(tag_writes.path in (select value from json_each(?)) or exists (select 1 from "
+                         "json_each(?) d where substr(tag_writes.path, 1, length(d.value)) = d.value))")
+            args += [json.dumps(files), json.dumps(folders)]
+        return " and ".join(where), args
+
+    def last_writing_run(self) -> int | None:
+        """The last run that wrote tags (undone or not), or None."""
+        return self.db.execute("select max(run_id) from tag_writes").fetchone()[0]
+
+    def undone_by(self, run_id: int) -> int | None:
+        """The undo run that undid the last of ``run_id``'s writes, or None if some are not undone."""
+        row = self.db.execute("select count(*), max(undo_run_id), sum(undone_at is null) from tag_writes "
+                              "where run_id = ?", [run_id]).fetchone()
+        return row[1] if row[0] and not row[2] else None
+
+    def later_write(self, path: str, write_id: int) -> dict | None:
+        """The newest write to ``path`` after ``write_id`` that is not undone, or None: the file holds
+        that write's genres, not those of ``write_id``."""
+        rows = self.db.execute("select id, run_id from tag_writes where path = ? and id > ? and undone_at is null "
+                               "order by id desc limit 1", [path_key(path), write_id]).fetchone()
+        return {"id": rows[0], "run_id": rows[1]} if rows else None
+
+    def files_undone(self, undo_run_id: int) -> int:
+        """How many files the undo run ``undo_run_id`` restored (a file written twice counts once)."""
+        return self.db.execute("select count(distinct path) from tag_writes where undo_run_id = ?",
+                               [undo_run_id]).fetchone()[0]
 
     def count_writes_to_undo(self, scope: tuple[str, list] | None) -> int:
         if scope is None:
@@ -352,6 +391,19 @@ class Index:
                             [size, mtime_ns, key])
             self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
                             [size, mtime_ns, json.dumps(genres), key])
+
+
+def _undo_path_keys(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The :func:`path_key` of each path an undo is given, as the scan recorded it (absolute) and with
+    symlinks resolved, split into files and folders (these as a prefix ending in "/")."""
+    files, folders = set(), set()
+    for given in paths:
+        for path in dict.fromkeys((os.path.abspath(given), os.path.realpath(given))):
+            if os.path.isdir(path):
+                folders.add(path_key(path.rstrip("/") + "/"))
+            else:
+                files.add(path_key(path))
+    return sorted(files), sorted(folders)
 
 
 def _process_alive(pid: int | None) -> bool:

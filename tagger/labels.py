@@ -122,6 +122,10 @@ def parse_label_map(text: str, source: str = "<string>") -> LabelMap:
     genres = data.get("genres", {})
     if not isinstance(genres, dict) or not all(isinstance(v, str) and v.strip() for v in genres.values()):
         raise LabelMapError(f"{source}: [genres] must map each model label to a non-empty genre name")
+    unprintable = sorted(label for label, name in genres.items() if not name.strip().isprintable())
+    if unprintable:
+        raise LabelMapError(f"{source}: the genre name for {unprintable[0]!r} holds a line break or control "
+                            "character, which no tag field keeps as one genre")
     drop = data.get("drop", [])
     if not isinstance(drop, list) or not all(isinstance(v, str) for v in drop):
         raise LabelMapError(f"{source}: drop must be a list of label strings")

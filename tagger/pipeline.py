@@ -70,6 +70,10 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     from .index import Index
     from .infer import load_classifier
 
+    from .tagformats import separator_problem
+
+    if settings.write_tags and (why := separator_problem(settings.separator)):
+        raise GenretagError(f"separator {settings.separator!r} cannot join genres: {why}")
     started = time.perf_counter()
     root = os.path.abspath(root)  # the index and the undo journal key files by absolute path
     classifier = classifier or load_classifier(settings.model, settings.device, settings.precision,
@@ -269,7 +273,7 @@ class _Scan:
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
                 expected=(result.size, result.mtime_ns),
                 before_replace=lambda size, mtime: self.index.note_pending_write(journal_id, size, mtime))
-        except GenretagError as err:
+        except (GenretagError, ValueError) as err:  # ValueError: a genre no tag field can hold as one line
             if journal_id is not None:
                 self.index.discard_tag_write(journal_id)
             self._write_failed(result, err)
@@ -286,7 +290,7 @@ class _Scan:
         result.written = True
         self.summary.written += 1
 
-    def _write_failed(self, result: TrackResult, err: GenretagError) -> None:
+    def _write_failed(self, result: TrackResult, err: Exception) -> None:
         """A changed file is predicted again (re-queued); any other write error fails the track."""
         if isinstance(err, FileChanged):
             result.status, result.error = SKIPPED, "changed on disk before the write; predicted again"

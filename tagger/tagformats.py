@@ -24,12 +24,15 @@ from typing import Any, Callable
 from mutagen.aac import AAC
 from mutagen.ac3 import AC3
 from mutagen.aiff import AIFF
+from mutagen.aiff import delete as aiff_delete
 from mutagen.apev2 import APENoHeaderError, APEv2, APEv2File, _APEv2Data
 from mutagen.asf import ASF
 from mutagen.dsdiff import DSDIFF
 from mutagen.dsf import DSF
 from mutagen.flac import FLAC
 from mutagen.id3 import ID3, TALB, TCON, TIT2, TPE1, TXXX, ID3FileType
+from mutagen.id3 import delete as id3_delete
+from mutagen.id3._id3v1 import find_id3v1
 from mutagen.monkeysaudio import MonkeysAudio
 from mutagen.mp3 import MP3
 from mutagen.mp4 import MP4, AtomDataType, MP4FreeForm
@@ -44,6 +47,7 @@ from mutagen.smf import SMF
 from mutagen.tak import TAK
 from mutagen.trueaudio import TrueAudio
 from mutagen.wave import WAVE
+from mutagen.wave import delete as wave_delete
 from mutagen.wavpack import WavPack
 
 from tagger.errors import FileError, TagReadError, TagWriteError, UnsupportedFormat
@@ -124,9 +128,36 @@ def clean_genres(values) -> list[str]:
     return out
 
 
+def separator_problem(separator) -> str | None:
+    """Why ``separator`` cannot join genres in one text field, or None. "/" is part of genre names
+    ("Drum/Bass"), and a separator without visible text would not survive the readers that strip."""
+    if not isinstance(separator, str) or not separator.strip():
+        return "it must hold visible text"
+    if "/" in separator:
+        return "'/' is part of genre names such as Drum/Bass"
+    if any(c in separator for c in "\0\r\n"):
+        return "it must be one line without NUL"
+    return None
+
+
 def split_joined(values: list[str], separator: str) -> list[str]:
-    sep = separator.strip() or separator
-    return [part for v in values for part in v.split(sep)]
+    """Genre names joined in one value: split on ``separator`` exactly, so that a separator such as
+    " - " or " & " keeps "Hip-Hop" and "R&B" whole. With a ";" separator a bare ";" splits too, as
+    other taggers write "Rock;Pop"."""
+    parts = [part for v in values for part in v.split(separator)]
+    if separator.strip() == ";":
+        parts = [p for part in parts for p in part.split(";")]
+    return parts
+
+
+def join_genres(label: str, genres: list[str], separator: str) -> str:
+    """``genres`` joined by ``separator`` for a single-value field, refused (TagWriteError) when a name
+    holds the separator: it would read back as two genres."""
+    cut = [g for g in genres if split_joined([g], separator) != [g]]
+    if cut:
+        raise TagWriteError(label, f"genre {cut[0]!r} contains the separator {separator!r}, so it would "
+                                   "read back as several genres; choose another --separator; not written")
+    return separator.join(genres)
 
 
 def v1_code(genres: list[str]) -> int:
@@ -394,6 +425,13 @@ class Handler:
     def summary(self) -> dict[str, str | None]:
         return self._call(self._summary)
 
+    def restorable(self, current: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+        """``target`` (a snapshot to restore over ``current``) as this file can hold it."""
+        return self._call(self._restorable, current, target)
+
+    def _restorable(self, current, target) -> dict[str, Any]:
+        return target
+
     def _fields(self) -> dict[str, Any]:
         return {}
 
@@ -440,7 +478,10 @@ class Id3Handler(Handler):
         return [str(t) for f in frames for t in f.text] if frames else None
 
     def _fields(self):
-        out = {"TCON": self._frames(TCON), "TXXX:" + PROVENANCE: self._frames(TXXX, PROVENANCE)}
+        # "ID3v2": whether the file has an ID3v2 tag at all, so that undoing the first genre of an
+        # untagged or ID3v1-only file removes the tag that writing it created.
+        out = {"ID3v2": True if self.mf.tags is not None else None,
+               "TCON": self._frames(TCON), "TXXX:" + PROVENANCE: self._frames(TXXX, PROVENANCE)}
         if self.is_mp3:
             out["ID3v1:genre"] = self._call(id3v1_genre, self.path)
             ape = self._call(ape_tag, self.path)
@@ -469,20 +510,25 @@ class Id3Handler(Handler):
         if self.kind is WAVE and (why := self._call(riff_overrun, self.path)):
             raise TagWriteError(self.label, f"{why}; a tag chunk after it would be unreadable, not written")
         new = dict(fields)
-        new["TCON"] = (list(genres) if self.save_version == 4 else [separator.join(genres)]) if genres else None
+        new["ID3v2"] = True if genres or provenance else fields.get("ID3v2")
+        new["TCON"] = ((list(genres) if self.save_version == 4 else [join_genres(self.label, genres, separator)])
+                       if genres else None)
         new["TXXX:" + PROVENANCE] = [provenance] if provenance else None
         if fields.get("ID3v1:genre") is not None:
             new["ID3v1:genre"] = v1_code(genres)
         if "APEv2:Genre" in fields:
             new["APEv2:Genre"] = list(genres) or None
         if "INFO:IGNR" in fields:
-            new["INFO:IGNR"] = separator.join(genres).encode("utf-8").decode("latin-1") if genres else None
+            new["INFO:IGNR"] = (join_genres(self.label, genres, separator).encode("utf-8").decode("latin-1")
+                                if genres else None)
         return new
 
     def _apply(self, target):
         cur = self.fields()
         keys = ("TCON", "TXXX:" + PROVENANCE)
-        if any(target.get(k) != cur.get(k) for k in keys):
+        if cur.get("ID3v2") and "ID3v2" in target and target["ID3v2"] is None:
+            self._delete_id3v2()
+        elif any(target.get(k) != cur.get(k) for k in keys):
             if self.v2 is None:  # new tag: v2.4; an MP3's ID3v1 values are carried into it
                 mf = self._call(self.kind, self.path, load_v1=self.is_mp3)
             elif self.v2 == (2, 2):  # mutagen cannot write v2.2: upgrade to v2.3
@@ -508,6 +554,34 @@ class Id3Handler(Handler):
             self._call(riff_set_info, self.path, b"IGNR", target.get("INFO:IGNR"))
         if cur.get("ID3v1:genre") is not None and target.get("ID3v1:genre") not in (None, cur["ID3v1:genre"]):
             self._call(set_id3v1_genre, self.path, int(target["ID3v1:genre"]))
+
+    def _delete_id3v2(self) -> None:
+        """Remove the ID3v2 tag (an MP3's ID3v1 and APEv2 tags stay)."""
+        if self.is_mp3:
+            id3_delete(self.path, delete_v1=False, delete_v2=True)
+        else:
+            (wave_delete if self.kind is WAVE else aiff_delete)(self.path)
+
+    def _restorable(self, current, target):
+        """A tag genretag created is removed again only while it holds nothing else than what writing
+        created: the genre, the provenance and the values carried over from an ID3v1 tag. Frames added
+        since (cover art, lyrics) keep it, emptied of genres."""
+        if not (current.get("ID3v2") and "ID3v2" in target and target["ID3v2"] is None):
+            return target
+        created = {f.HashKey: f.pprint() for f in self._v1_frames().values()}
+        others = [f for f in self.mf.tags.values() if f.HashKey not in ("TCON", "TXXX:" + PROVENANCE)
+                  and created.get(f.HashKey) != f.pprint()]
+        if others:
+            return {**target, "ID3v2": True, "TCON": None, "TXXX:" + PROVENANCE: None}
+        return target
+
+    def _v1_frames(self) -> dict:
+        """The ID3v2 frames mutagen makes from the file's ID3v1 tag ({} without one)."""
+        if not self.is_mp3:
+            return {}
+        with open(self.path, "rb") as f:
+            frames, _ = find_id3v1(f, v2_version=4)
+        return frames or {}
 
     def _summary(self):
         mf = self.mf
@@ -581,7 +655,7 @@ class VorbisHandler(Handler):
         new[PROVENANCE] = [provenance] if provenance else None
         if "ID3v2:TCON" in fields:
             v4 = self._prefix_id3().version[:2] == (2, 4)
-            new["ID3v2:TCON"] = (list(genres) if v4 else [separator.join(genres)]) if genres else None
+            new["ID3v2:TCON"] = (list(genres) if v4 else [join_genres(self.label, genres, separator)]) if genres else None
         return new
 
     @staticmethod

@@ -122,7 +122,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tagger.errors import FileChanged, FileError, TagWriteError, UnreadableFile
-from tagger.tagformats import GENRE_KEYS, call, clean_genres, error_reason, open_handler
+from tagger.tagformats import GENRE_KEYS, call, clean_genres, error_reason, open_handler, separator_problem
 
 __all__ = ["GENRE_KEYS", "MODES", "TEMP_RE", "TagChange", "read_genres", "read_tags_summary",
            "snapshot_genres", "write_genres", "restore_genres", "audio_digest", "cleanup_stale_temps",
@@ -172,8 +172,8 @@ def snapshot_genres(path) -> dict:
 def _check_args(genres, mode, separator, provenance) -> list[str]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    if not isinstance(separator, str) or not separator.strip() or "/" in separator or "\0" in separator:
-        raise ValueError(f"separator must be non-blank text without '/' or NUL, not {separator!r}")
+    if why := separator_problem(separator):
+        raise ValueError(f"separator {separator!r} cannot join genres: {why}")
     if isinstance(genres, str) or not all(isinstance(g, str) for g in genres):
         raise ValueError("genres must be a list of strings")
     for text in list(genres) + ([provenance] if provenance is not None else []):
@@ -209,11 +209,16 @@ def write_genres(path, genres: list[str], *, mode: str = "replace", separator: s
                      {"format": h.format, "fields": after}, True)
 
 
-def restore_genres(path, snapshot: dict, *, keep_mtime: bool = False, verify: bool = False) -> bool:
+def restore_genres(path, snapshot: dict, *, keep_mtime: bool = False, verify: bool = False,
+                   only_if: list[dict] | None = None) -> bool:
     """Write a :func:`snapshot_genres` snapshot back exactly (same atomic rules as writing; a
     field that was absent is removed). True if the file was rewritten, False if it already held
     the snapshot. Refuses (TagWriteError, nothing written) if the snapshot is for another format
-    or holds a value for a tag the file no longer has (e.g. its ID3v1 tag was removed since)."""
+    or holds a value for a tag the file no longer has (e.g. its ID3v1 tag was removed since).
+
+    ``only_if``: snapshots of which the file must hold one now (compared on their own fields), else
+    ``FileChanged`` and nothing written. Undo passes what genretag wrote, so that genres someone set
+    since (another program, a later run) are never overwritten with older ones."""
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get("fields"), dict) or "format" not in snapshot:
         raise ValueError("snapshot must be a dict from snapshot_genres()")
     label = os.fspath(path)
@@ -222,6 +227,9 @@ def restore_genres(path, snapshot: dict, *, keep_mtime: bool = False, verify: bo
     if h.format != snapshot["format"]:
         raise TagWriteError(label, f"snapshot is for a {snapshot['format']} file, this is {h.format}; not restored")
     current = h.fields()
+    if only_if is not None and not any(_holds(h.format, current, s) for s in only_if):
+        now = ", ".join(h.genres(current, "; ")) or "none"
+        raise FileChanged(label, f"its genre tags changed since genretag wrote them (now: {now}); not restored")
     target = dict(current)
     missing = []
     for key, value in snapshot["fields"].items():
@@ -231,10 +239,17 @@ def restore_genres(path, snapshot: dict, *, keep_mtime: bool = False, verify: bo
             missing.append(key)
     if missing:
         raise TagWriteError(label, f"cannot restore {', '.join(missing)}: the file no longer has that tag; nothing restored")
+    target = h.restorable(current, target)
     if target == current:
         return False
     _rewrite(label, st0, h.format, target, keep_mtime=keep_mtime, verify=verify)
     return True
+
+
+def _holds(fmt: str, fields: dict, snapshot: dict) -> bool:
+    """Whether a file of format ``fmt`` with these ``fields`` holds ``snapshot``. A snapshot taken by an
+    older genretag may lack fields that are recorded now; those are not compared."""
+    return snapshot.get("format") == fmt and all(fields.get(k) == v for k, v in snapshot["fields"].items())
 
 
 def audio_digest(path) -> str:
@@ -303,7 +318,11 @@ def _stat_for_write(label: str, expected) -> os.stat_result:
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size, b.st_mtime_ns)
+    """Whether two stats are of the same, unchanged file. The change time is compared too: a program
+    may rewrite a file in place at its old size and then set its old modification time back (taggers
+    with a "keep file times" option do), and no program can set the change time."""
+    return ((a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns, a.st_ctime_ns)
+            == (b.st_ino, b.st_dev, b.st_size, b.st_mtime_ns, b.st_ctime_ns))
 
 
 def _temp_name(real: str) -> str:

@@ -17,7 +17,7 @@ import mutagen
 import pytest
 from mutagen.apev2 import APEv2
 from mutagen.flac import FLAC, VCFLACDict
-from mutagen.id3 import ID3, TCON, TIT2
+from mutagen.id3 import ID3, TCON, TIT2, TPE2
 
 from tagger.errors import FileChanged, TagReadError, TagWriteError, UnreadableFile, UnsupportedFormat
 from tagger.tags import (GENRE_KEYS, TEMP_RE, audio_digest, cleanup_stale_temps, read_genres, read_tags_summary,
@@ -334,14 +334,33 @@ def test_id3v1_only_file(tmp_path):
                       tags={"title": "Old Title", "genre": "Jazz"})
     assert mutagen.File(path).tags is None or mutagen.File(path).tags.version[0] == 1
     assert read_genres(path) == ["Jazz"]
+    original = path.read_bytes()
     snap = snapshot_genres(path)
-    assert snap["fields"] == {"TCON": None, "TXXX:GENRETAG": None, "ID3v1:genre": 8}
+    assert snap["fields"] == {"ID3v2": None, "TCON": None, "TXXX:GENRETAG": None, "ID3v1:genre": 8}
     write_genres(path, ["Rock"])
     tags = ID3(path)
     assert tags.version == (2, 4, 0) and str(tags["TIT2"]) == "Old Title"  # v1 fields carried over
     assert _v1(path)[127] == 17 and ffprobe_genres(path) == ["Rock"]
     restore_genres(path, snap)
     assert snapshot_genres(path) == snap and read_genres(path) == ["Jazz"]
+    # The ID3v2 tag genretag added held only what ID3v1 already says: undo removes it again.
+    assert path.read_bytes() == original
+
+
+def test_id3v1_only_file_keeps_the_v2_tag_another_program_added(tmp_path):
+    """Undo removes an ID3v2 tag only while it holds nothing beyond the carried-over v1 fields."""
+    path = make_audio(tmp_path / "v1.mp3", seconds=0.5, id3_version=0, with_id3v1=True,
+                      tags={"title": "Old Title", "genre": "Jazz"})
+    snap = snapshot_genres(path)
+    write_genres(path, ["Rock"])
+    tags = ID3(path)
+    tags.add(TPE2(encoding=3, text=["Album artist added later"]))  # a frame ID3v1 cannot hold
+    tags.save(path, v1=1)
+    restore_genres(path, snap)
+    tags = ID3()
+    tags.load(path, load_v1=False)  # mutagen fills frames missing from v2 with the v1 tag's otherwise
+    assert str(tags["TPE2"]) == "Album artist added later" and "TCON" not in tags
+    assert read_genres(path) == ["Jazz"]
 
 
 def test_mp3_with_apev2_genre_and_id3v1(originals, tmp_path):
