@@ -100,7 +100,7 @@ def measure_undo(size: int, work: Path) -> dict:
 
 def measure_dry_run_table(size: int, work: Path) -> dict:
     from tagger.records import TrackResult
-    from tagger.render import ScanView
+    from tagger.reporting.views import ScanView
     from tagger.settings import ScanSettings
 
     view = ScanView(ScanSettings(dry_run=True))

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tagger.settings import AUDIO_EXTENSIONS  # noqa: E402
-from tagger.tags import TEMP_RE, audio_digest, is_temp_name, read_genres  # noqa: E402
+from tagger.tagging.tags import TEMP_RE, audio_digest, is_temp_name, read_genres  # noqa: E402
 from tests.audio_fixtures import make_audio  # noqa: E402
 from tests.models import GENRES, make_tiny_wav2vec2  # noqa: E402
 

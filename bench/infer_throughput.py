@@ -40,7 +40,7 @@ def measure(classifier, batch: int, seconds: float = 8.0) -> float:
 
 
 def main() -> None:
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.host import StealClock  # noqa: E402
-from tagger.musicnn import (SAMPLE_RATE, ConvBlock, load_builtin, log_mel, patch_counts,  # noqa: E402
+from tagger.models.musicnn import (SAMPLE_RATE, ConvBlock, load_builtin, log_mel, patch_counts,  # noqa: E402
                             valid_patches)
 
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # 480000 samples in a 30 s window -> 10 patches of 3 s
@@ -118,10 +118,10 @@ def run(args) -> None:
           f"the fast path executes {executed / 1e9:.2f}")
 
     if device.type == "cpu":
-        from tagger.native import banded_max_kernel
+        from tagger.models.native import banded_max_kernel
 
         kernel = banded_max_kernel() if torch.get_num_threads() == 1 else None
-        print("bf16 front end: " + (f"the native kernel {kernel.__name__} (tagger/native.py)" if kernel
+        print("bf16 front end: " + (f"the native kernel {kernel.__name__} (tagger/models/native.py)" if kernel
                                     else "torch matrix products"))
     peaks = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

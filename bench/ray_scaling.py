@@ -66,7 +66,7 @@ def time_predictor(rows: list[dict], seconds: float) -> tuple[float, str]:
     import numpy as np
 
     from tagger.engine_ray import Predictor
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
 
     predictor = Predictor(MODEL, "cpu", "auto", None, load_classifier(MODEL, "cpu", "fp32").fingerprint)
     batch = {}  # the rows as the numpy batch Ray Data hands to Predictor.__call__
@@ -117,7 +117,7 @@ def main() -> None:
     from ray.data import DataContext
 
     from tagger.engine_ray import _track_row
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
     from tagger.records import Track
 
     paths = make_library(args.library, args.tracks, sample_rate=args.sample_rate, channels=args.channels)

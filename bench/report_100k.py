@@ -103,7 +103,7 @@ def cli_command() -> list[str]:
     probe = subprocess.run([exe, "report", "--help"], capture_output=True, text=True)
     if probe.returncode == 0:
         return [exe, "report"]
-    return [sys.executable, "-c", "from tagger.report_cli import report; report()"]
+    return [sys.executable, "-c", "from tagger.reporting.commands import report; report()"]
 
 
 def main() -> None:
@@ -121,8 +121,8 @@ def main() -> None:
         print(f"built {db} ({args.tracks:,} tracks{order}, {db.stat().st_size / 1e6:.0f} MB) in "
               f"{time.perf_counter() - t0:.1f} s")
 
-    from tagger.report import ReportOptions, build_report
-    from tagger.report_render import report_html
+    from tagger.reporting.report import ReportOptions, build_report
+    from tagger.reporting.render import report_html
 
     def lib(**kw):
         return lambda: build_report(db, ReportOptions(**kw))

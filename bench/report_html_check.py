@@ -88,8 +88,8 @@ def dom(url: str) -> DomCounts:
 
 
 def build_page(out: Path, tracks: int):
-    from tagger.report import ReportOptions, build_report
-    from tagger.report_render import report_html
+    from tagger.reporting.report import ReportOptions, build_report
+    from tagger.reporting.render import report_html
 
     spec = importlib.util.spec_from_file_location("report_100k", HERE / "report_100k.py")
     bench = importlib.util.module_from_spec(spec)
@@ -114,7 +114,7 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="genretag-html-"))
     out.mkdir(parents=True, exist_ok=True)
     page, report = build_page(out, args.tracks)
-    from tagger.report_render import HTML_BARS, HTML_TABLE_ROWS
+    from tagger.reporting.render import HTML_BARS, HTML_TABLE_ROWS
 
     html = page.read_text(encoding="utf-8")
     failures = []

@@ -44,7 +44,7 @@ def main() -> None:
     from tagger import ScanSettings, tag_folder
     from tagger.discover import count_audio_files
     from tagger.index import Index
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
     from tagger.records import OK, TrackResult
     from tests.models import make_tiny_wav2vec2
 

@@ -99,7 +99,7 @@ def child(mode: str, model: str, files: list[str], args) -> dict:
                     clf({"raw": w[:n].numpy(), "sampling_rate": sr})
         return {"seconds": time.perf_counter() - started, "rss_mib": peak_rss_mib(), "top": top}
     from tagger import ScanSettings, tag_folder
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
         link_dir = Path(tmp) / "lib"
@@ -173,7 +173,7 @@ def _count_cpu_flash_attention() -> None:
     """Count torch's CPU flash-attention op as attention. FlopCounterMode has a formula for the CUDA
     kernels only, so on CPU a transformer's attention counted 0: 83 of wav2vec2-base's 500 GFLOP per
     30 s window, which made torch's own attention look 17 % faster than genretag's head-by-head one
-    (tagger/attention.py), whose products it counts."""
+    (tagger/models/attention.py), whose products it counts."""
     import torch
     from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop_count
 
@@ -187,7 +187,7 @@ def _plain_musicnn_blocks():
     path, which pads some conv filters to keep reductions vectorised."""
     from unittest import mock
 
-    from tagger.musicnn import ConvBlock
+    from tagger.models.musicnn import ConvBlock
 
     return mock.patch.object(ConvBlock, "max_over_frequency", lambda self, x: self(x).amax(dim=3))
 
@@ -320,7 +320,7 @@ def main() -> None:
         agree = sum(a == b for a, b in zip(fp32["top"], c["top"])) / len(files)
         print(f"top-1 agreement fp32 vs {c['precision']}: {100 * agree:.1f}% of {len(files)} tracks")
     if args.device == "cpu" and args.model.startswith("builtin:"):
-        from tagger.native import banded_max_kernel
+        from tagger.models.native import banded_max_kernel
 
         kernel = banded_max_kernel()
         front = f"the native kernel {kernel.__name__}" if kernel else "torch products"

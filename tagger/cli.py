@@ -30,7 +30,7 @@ def _option(name: str, *decls, **kwargs):
 
 def _check_separator(ctx, param, value):
     """Refuse a separator that could not be read back before any file is touched (exit 2)."""
-    from .tagformats import separator_problem
+    from .tagging.formats import separator_problem
 
     problem = separator_problem(value)
     if problem:
@@ -82,7 +82,7 @@ def scan(path, as_json, **options):
     shown and no audio file is touched.
     """
     from .pipeline import tag_folder
-    from .render import ScanView
+    from .reporting.views import ScanView
 
     if options["write_tags"] and options["dry_run"]:
         raise click.UsageError("--write-tags and --dry-run exclude each other")
@@ -116,8 +116,8 @@ def undo(paths, run_id, force, keep_mtime, db):
     PATHS (files or folders) limits the undo to the writes to them. A file whose genres changed since
     genretag wrote them is left alone and reported, unless --force.
     """
-    from .journal import undo as undo_writes
-    from .render import UndoView
+    from .tagging.journal import undo as undo_writes
+    from .reporting.views import UndoView
 
     view = UndoView()
     try:
@@ -148,7 +148,7 @@ def undo(paths, run_id, force, keep_mtime, db):
 def history(db, as_json):
     """List the runs recorded in the index, newest first, with what each one did."""
     from .index import Index
-    from .render import history_table
+    from .reporting.views import history_table
 
     with Index(ScanSettings(db=db).db_path()) as index:
         runs = index.runs()
@@ -176,7 +176,7 @@ def _register_commands() -> None:
     """Commands that live beside their library code; their modules import only click at load time."""
     from training.cli import evaluate, train
 
-    from .report_cli import models, report, show
+    from .reporting.commands import models, report, show
 
     for command in (train, evaluate, report, show, models):
         cli.add_command(command)

@@ -137,7 +137,7 @@ def _write_title(path: Path, title: str) -> None:
     INFO list (which FFmpeg's encoder always writes, and which players read before an ID3 chunk)."""
     import mutagen
 
-    from .tagformats import riff_info_value, riff_set_info
+    from .tagging.formats import riff_info_value, riff_set_info
 
     if path.suffix.lower() == ".wav" and riff_info_value(str(path), b"INAM")[0]:
         riff_set_info(str(path), b"INAM", title)

@@ -54,7 +54,7 @@ class RayEngine:
     """Decode and infer on a Ray cluster; results stream back to this process (the driver)."""
 
     def __init__(self, classifier, settings: ScanSettings):
-        from .infer import resolve_model_name
+        from .models.identity import resolve_model_name
 
         self.classifier = classifier
         self.settings = settings
@@ -175,7 +175,7 @@ class Predictor:
     each batch of decoded tracks. Failed tracks pass through with no probabilities."""
 
     def __init__(self, model: str, device: str, precision: str, batch_size: int | None, fingerprint: str):
-        from .infer import load_classifier
+        from .models.infer import load_classifier
 
         self.classifier = load_classifier(model, device, precision)
         if self.classifier.fingerprint != fingerprint:

@@ -250,7 +250,7 @@ class Index:
                 "undo_run_id": None}).last_pk
 
     def complete_tag_write(self, write_id: int, change, fingerprint: str, size: int, mtime_ns: int) -> None:
-        """The write (a :class:`tagger.tags.TagChange`) reached the file, which now has this stat: the
+        """The write (a :class:`tagger.tagging.tags.TagChange`) reached the file, which now has this stat: the
         journal and the prediction's file version are brought up to date in one transaction."""
         with self._tx():
             self.db["tag_writes"].update(write_id, {

@@ -68,9 +68,9 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     one ``settings.engine`` names (:func:`make_engine`). Discovery, the index and tag writing always
     stay here."""
     from .index import Index
-    from .infer import load_classifier
+    from .models.infer import load_classifier
 
-    from .tagformats import separator_problem
+    from .tagging.formats import separator_problem
 
     if settings.write_tags and (why := separator_problem(settings.separator)):
         raise GenretagError(f"separator {settings.separator!r} cannot join genres: {why}")
@@ -235,7 +235,7 @@ class _Scan:
         written copy: the journal noted that copy's stat, the file has it, so the write reached the
         file. The journal entry is completed from what the file holds now, and the track is not
         predicted (nor written) again."""
-        from . import tags
+        from .tagging import tags
 
         pending = self.index.unfinished_write(track.path, self.classifier.fingerprint)
         now = (track.size, track.mtime_ns)
@@ -254,7 +254,7 @@ class _Scan:
     def _write(self, result: TrackResult, fresh: bool = True) -> None:
         """Write ``result``'s genres into its file, journaled ahead. ``fresh``: predicted in this run,
         so its prediction is committed with the journal entry (a cached one is in the index already)."""
-        from . import tags
+        from .tagging import tags
 
         provenance = None
         if self.settings.provenance:
@@ -349,7 +349,7 @@ def describe(decoded: DecodedTrack, probs, classifier, top_k: int, min_confidenc
 
 def _read_tags(path: str) -> dict | None:
     """Artist/album/title/genres for the index; a file whose tags cannot be read still gets genres."""
-    from . import tags
+    from .tagging import tags
 
     try:
         return tags.read_tags_summary(path)
@@ -369,7 +369,7 @@ class Tagger:
     def __init__(self, model: str | None = None, *, device: str = "auto", precision: str = "auto",
                  batch_size: int | None = None, max_windows: int = ScanSettings.max_windows,
                  labels: str | None = None, classifier=None):
-        from .infer import load_classifier
+        from .models.infer import load_classifier
 
         self.classifier = classifier or load_classifier(model, device, precision, labels)
         self.max_windows = max_windows

@@ -1,4 +1,4 @@
-"""Head-by-head bf16 attention (tagger/attention.py) against torch's own attention, and its installation
+"""Head-by-head bf16 attention (tagger/models/attention.py) against torch's own attention, and its installation
 on a real (tiny) transformers checkpoint."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagger import attention
-from tagger.infer import load_classifier
+from tagger.models import attention
+from tagger.models.infer import load_classifier
 
 BF16_ATOL = 0.05
 """Scores rounded to bf16 give errors of about 0.005 on these inputs; a misplaced block gives ~0.5."""

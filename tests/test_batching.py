@@ -8,7 +8,7 @@ import torch
 
 from tagger.batching import predict_in_batches
 from tagger.decode import decode_file
-from tagger.infer import load_classifier
+from tagger.models.infer import load_classifier
 from tagger.records import FAILED, TrackResult
 
 

@@ -1,11 +1,11 @@
-"""AST's filterbank computed in torch for a whole batch (tagger.fbank), against transformers' extractor."""
+"""AST's filterbank computed in torch for a whole batch (tagger.models.fbank), against transformers' extractor."""
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import ASTFeatureExtractor, Wav2Vec2FeatureExtractor
 
-from tagger.fbank import ast_features, supports
+from tagger.models.fbank import ast_features, supports
 
 RATE = 16000
 

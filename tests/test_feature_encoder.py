@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tagger.feature_encoder import time_major_forward, use_time_major_encoder, wants_time_major
+from tagger.models.feature_encoder import time_major_forward, use_time_major_encoder, wants_time_major
 
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
              conv_dim=(24,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
@@ -201,7 +201,7 @@ def test_cpu_classifier_runs_the_time_major_encoder(tmp_path):
     """A checkpoint loaded for scanning uses it, and predicts what transformers' own model predicts."""
     from transformers import AutoModelForAudioClassification
 
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
     from tests.models import make_tiny_wav2vec2
 
     folder = make_tiny_wav2vec2(tmp_path / "model")
@@ -220,7 +220,7 @@ def test_cpu_classifier_runs_the_time_major_encoder(tmp_path):
 
 
 def test_transformers_choice_keeps_transformers_encoder_on_the_cpu(tmp_path, monkeypatch):
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
     from tests.models import make_tiny_wav2vec2
 
     folder = make_tiny_wav2vec2(tmp_path / "model")
@@ -236,7 +236,7 @@ def test_weights_stored_in_bf16_give_what_autocast_gives(tmp_path, build):
     import torch.nn.utils.parametrize as P
     from transformers import AutoModelForAudioClassification
 
-    from tagger.infer import fold_parametrizations, load_classifier, store_matmul_weights_in
+    from tagger.models.infer import fold_parametrizations, load_classifier, store_matmul_weights_in
     from tests.models import make_tiny_ast, make_tiny_wav2vec2
 
     make = make_tiny_wav2vec2 if build == "wav2vec2" else make_tiny_ast
@@ -273,7 +273,7 @@ def test_a_bf16_classifier_lets_go_of_the_checkpoint_file(tmp_path):
     its own copies, nothing refers to the map and it is gone, with its resident pages."""
     import gc
 
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
     from tests.models import make_tiny_wav2vec2
 
     folder = make_tiny_wav2vec2(tmp_path / "model")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tagger import ScanSettings, tag_folder
-from tagger.infer import load_classifier
+from tagger.models.infer import load_classifier
 
 pytestmark = pytest.mark.gpu
 

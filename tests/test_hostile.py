@@ -1,4 +1,4 @@
-"""A hostile library (bench/hostile_library.py) through a real `genretag scan --write-tags`, and what can
+"""A hostile library (tests/hostile_library.py) through a real `genretag scan --write-tags`, and what can
 only go wrong while a scan runs: a full disk, a folder that refuses new files, a decode that never
 returns, a share that vanishes, reports read from the index meanwhile.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.hostile_library import (
+from tests.hostile_library import (
     FLAC,
     GENRETAG,
     MP3,
@@ -47,8 +47,8 @@ from tagger import ScanSettings, tag_folder
 from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.discover import discover
 from tagger.index import path_key
-from tagger.report_cli import report
-from tagger.tags import TEMP_RE, audio_digest, read_genres
+from tagger.reporting.commands import report
+from tagger.tagging.tags import TEMP_RE, audio_digest, read_genres
 from tests.audio_fixtures import ffmpeg_available
 
 pytestmark = pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg and ffprobe on PATH")
@@ -211,7 +211,7 @@ def test_reports_during_the_scan_are_consistent(hostile):
 # -- failures that happen while a scan runs ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def classifier():
-    from tagger.infer import load_classifier
+    from tagger.models.infer import load_classifier
 
     return load_classifier(MODEL)
 
@@ -237,7 +237,7 @@ def test_the_decoders_import_does_not_count_against_the_first_files_time_bound(t
     script = (
         "import json, sys\n"
         "from tagger import ScanSettings, tag_folder\n"
-        "from tagger.infer import load_classifier\n"
+        "from tagger.models.infer import load_classifier\n"
         f"classifier = load_classifier({MODEL!r}); classifier.predict\n"  # loaded: only decoding is timed
         "assert 'torchcodec' not in sys.modules\n"
         f"s = ScanSettings(db={str(tmp_path / 'i.db')!r}, decode_timeout=1.0, min_confidence=0.0)\n"

@@ -18,10 +18,10 @@ import tagger.cli
 import tagger.index
 from tagger.errors import GenretagError
 from tagger.index import MIGRATIONS, SCHEMA_VERSION, Index
-from tagger.report import ReportOptions, build_report
-from tagger.report_cli import report
+from tagger.reporting.report import ReportOptions, build_report
+from tagger.reporting.commands import report
 
-REPORT_CMD = [sys.executable, "-c", "from tagger.report_cli import report; report()"]
+REPORT_CMD = [sys.executable, "-c", "from tagger.reporting.commands import report; report()"]
 
 
 def schema(db: Path) -> list[tuple]:
@@ -118,7 +118,7 @@ def test_a_version_1_index_is_migrated_step_by_step(tmp_path, monkeypatch):
     for step in range(1, last):
         monkeypatch.setitem(tagger.index.MIGRATIONS, step, recorded(step))
     old = index_at_version(tmp_path / "v1.db", 1)
-    report_ = build_report(old)  # opens through tagger.report.connect
+    report_ = build_report(old)  # opens through tagger.reporting.report.connect
     assert report_.total == 1 and ran == list(range(2, last + 1))
     with Index(old) as index:
         assert index.schema_version() == last
@@ -262,7 +262,7 @@ def short_library(tmp_path_factory) -> Path:
 
 SCAN_AT_BARRIER = textwrap.dedent("""
     import os, sys, time
-    import tagger.cli, tagger.pipeline, tagger.infer, torch, transformers  # the slow part of starting up
+    import tagger.cli, tagger.pipeline, tagger.models.infer, torch, transformers  # the slow part of starting up
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
     from transformers import Wav2Vec2ForSequenceClassification
     ready, go = sys.argv[1:3]
@@ -345,7 +345,7 @@ def test_two_writing_scans_on_the_same_files(short_library, tiny_wav2vec2, tmp_p
     keeps its audio, and undo restores it."""
     import shutil
 
-    from tagger.tags import TEMP_RE, audio_digest, read_genres, snapshot_genres
+    from tagger.tagging.tags import TEMP_RE, audio_digest, read_genres, snapshot_genres
 
     lib = Path(shutil.copytree(short_library / "Y", tmp_path / "Y"))
     files = sorted(p for p in lib.rglob("*.wav"))

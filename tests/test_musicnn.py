@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from tagger.errors import ModelError
-from tagger.native import KERNELS, banded_max_kernel, kernel_isas
-from tagger.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, block_starts, load_builtin,
+from tagger.models.native import KERNELS, banded_max_kernel, kernel_isas
+from tagger.models.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, block_starts, load_builtin,
                             log_compress, log_mel, patch_counts, valid_patches)
 
 DATA = Path(__file__).parent / "data" / "musicnn"

@@ -1,4 +1,4 @@
-"""The native kernels of tagger.native (AMX and AVX512-BF16): their results against float64 products,
+"""The native kernels of tagger.models.native (AMX and AVX512-BF16): their results against float64 products,
 the operand checks, the build cache, the choice between them, and the torch path that musicnn falls
 back to where no kernel can be built."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tagger.native import KERNELS, banded_max, banded_max_kernel, kernel_isas, position_minor, to_vnni
+from tagger.models.native import KERNELS, banded_max, banded_max_kernel, kernel_isas, position_minor, to_vnni
 
 needs_native = pytest.mark.skipif(not kernel_isas(), reason="the native kernels need AMX-BF16 or AVX512-BF16")
 ISAS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in kernel_isas(), reason=f"this CPU has no {isa}"))
@@ -112,7 +112,7 @@ def _python(code: str, env: dict) -> subprocess.CompletedProcess:
 @needs_native
 def test_kernel_is_built_once_into_the_cache_folder(tmp_path):
     code = """
-        from tagger.native import banded_max_kernel, cache_folder
+        from tagger.models.native import banded_max_kernel, cache_folder
         assert banded_max_kernel() is not None
         print(sorted(p.name for p in cache_folder().iterdir()))
     """
@@ -133,7 +133,7 @@ DAY = 86400
 def test_a_build_removes_stale_builds_and_keeps_those_in_use(tmp_path):
     """Builds of other sources or compilers go once unused for STALE_DAYS; a build still loaded by some
     install has its time refreshed on every load, so it stays."""
-    from tagger.native import STALE_DAYS
+    from tagger.models.native import STALE_DAYS
 
     folder = tmp_path / "genretag" / "kernels"
     folder.mkdir(parents=True)
@@ -143,7 +143,7 @@ def test_a_build_removes_stale_builds_and_keeps_those_in_use(tmp_path):
         path.write_bytes(b"x")
         os.utime(path, (time.time() - age * DAY,) * 2)
     code = """
-        from tagger.native import banded_max_kernel
+        from tagger.models.native import banded_max_kernel
         assert banded_max_kernel() is not None
     """
     first = _python(code, {"XDG_CACHE_HOME": str(tmp_path)})
@@ -168,7 +168,7 @@ def test_a_compiler_without_amx_flags_still_builds_the_avx512_kernel(tmp_path):
     compiler.chmod(0o755)
     code = """
         import os, torch
-        from tagger.native import KERNELS, banded_max, banded_max_kernel, to_vnni
+        from tagger.models.native import KERNELS, banded_max, banded_max_kernel, to_vnni
         kernel = banded_max_kernel()
         print(kernel.__name__ if kernel is not None else None)
         torch.manual_seed(0)
@@ -192,8 +192,8 @@ def test_without_the_kernel_musicnn_runs_its_torch_path(tmp_path, env):
     the torch products, and gives what the torch path gives in this process."""
     code = """
         import torch
-        from tagger.musicnn import load_builtin
-        from tagger.native import banded_max_kernel
+        from tagger.models.musicnn import load_builtin
+        from tagger.models.native import banded_max_kernel
         assert banded_max_kernel() is None
         torch.manual_seed(0)
         audio = torch.randn(1, 16000 * 6) * 0.1
@@ -214,7 +214,7 @@ def test_with_the_kernel_musicnn_runs_it_in_one_thread_calls_only(isa):
     """Where it can, bf16 musicnn takes the native path in a one-thread call (its output differs from
     the torch path's), and torch's products in a call with several threads."""
     assert banded_max_kernel() is not None
-    from tagger.musicnn import load_builtin
+    from tagger.models.musicnn import load_builtin
 
     torch.manual_seed(0)
     audio = torch.randn(1, 16000 * 6) * 0.1

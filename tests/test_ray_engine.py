@@ -16,8 +16,8 @@ from tagger import ScanSettings, tag_folder
 from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.errors import GenretagError
 from tagger.index import path_key
-from tagger.infer import load_classifier
-from tagger.tags import read_genres
+from tagger.models.infer import load_classifier
+from tagger.tagging.tags import read_genres
 from tests.index_rows import rows
 
 ray = pytest.importorskip("ray")

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from tagger.index import Index
 from tagger.records import TrackResult
-from tagger.report import GROUPINGS, ReportOptions, build_report, model_overview, parse_since, track_details
-from tagger.report_cli import DEFAULT_REVIEW, models, report, show
+from tagger.reporting.report import GROUPINGS, ReportOptions, build_report, model_overview, parse_since, track_details
+from tagger.reporting.commands import DEFAULT_REVIEW, models, report, show
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400.0
@@ -209,10 +209,10 @@ def test_report_usage_errors(known_index, tmp_path):
 
 def test_cli_defaults_match_the_library():
     assert DEFAULT_REVIEW == ReportOptions().review
-    from tagger import report_cli
+    from tagger.reporting import commands as report_cli
 
     assert report_cli.GROUPINGS == GROUPINGS
-    code = ("import sys, tagger.report_cli; heavy = {'torch', 'transformers', 'sqlite_utils', 'rich'} & "
+    code = ("import sys, tagger.reporting.commands; heavy = {'torch', 'transformers', 'sqlite_utils', 'rich'} & "
             "set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -300,7 +300,7 @@ def test_show_other_cases(scanned, tmp_path):
 
 
 def test_models(scanned, tiny_wav2vec2, tmp_path):
-    from tagger.infer import register_trained_model, weights_fingerprint
+    from tagger.models.identity import register_trained_model, weights_fingerprint
 
     _, db, _ = scanned
     register_trained_model(tiny_wav2vec2, {"accuracy": 0.5})
@@ -323,7 +323,7 @@ def test_models(scanned, tiny_wav2vec2, tmp_path):
 
 
 def test_builtin_models_are_listed_with_the_fingerprint_scans_record():
-    musicnn = pytest.importorskip("tagger.musicnn")
+    musicnn = pytest.importorskip("tagger.models.musicnn")
     overview = model_overview("/nonexistent/index.db")
     builtins = {a["model"]: a["fingerprint"] for a in overview["available"] if a["kind"] == "builtin"}
     assert sorted(builtins) == sorted(f"builtin:{n}" for n in musicnn.BUILTIN_MODELS)
@@ -332,7 +332,7 @@ def test_builtin_models_are_listed_with_the_fingerprint_scans_record():
 
 
 def test_report_as_a_real_subprocess(known_index):
-    proc = subprocess.run([sys.executable, "-c", "from tagger.report_cli import report; report()", "--db",
+    proc = subprocess.run([sys.executable, "-c", "from tagger.reporting.commands import report; report()", "--db",
                            str(known_index), "--json"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "COLUMNS": "120"})
     assert proc.returncode == 0, proc.stderr

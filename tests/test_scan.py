@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from tagger import ScanSettings, Tagger, tag_folder
 from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.errors import ModelError
-from tagger.journal import PATHS_RECORDED
-from tagger.infer import DeferredClassifier, load_classifier
+from tagger.tagging.journal import PATHS_RECORDED
+from tagger.models.infer import DeferredClassifier, load_classifier
 from tests.index_rows import rows
 
 TRACKS = 8
@@ -148,9 +148,9 @@ def test_a_dry_run_of_a_large_library_shows_the_first_rows_and_says_how_many_mor
                                                                                   tiny_wav2vec2, monkeypatch):
     """A first dry run plans a change for every track; laying out a table of a million rows would take
     minutes and gigabytes, so the table stops at PLANNED_TABLE_ROWS and says so; --json has them all."""
-    import tagger.render
+    import tagger.reporting.views
 
-    monkeypatch.setattr(tagger.render, "PLANNED_TABLE_ROWS", 3)
+    monkeypatch.setattr(tagger.reporting.views, "PLANNED_TABLE_ROWS", 3)
     args = ["scan", str(library), "--model", str(tiny_wav2vec2), "--dry-run", "--min-confidence", "0",
             "--db", str(tmp_path / "i.db")]
     result = CliRunner().invoke(cli, args, catch_exceptions=False, env={"COLUMNS": "300"})
@@ -293,7 +293,7 @@ def test_a_rescan_with_another_label_map_predicts_again(library, tmp_path, tiny_
 def test_the_progress_bar_of_a_rescan_counts_only_the_tracks_it_predicts(library, tmp_path, tiny_wav2vec2):
     """A rescan of a big library with a few new files must not show (nor time its ETA for) every
     unchanged track as still to do."""
-    from tagger.render import ScanView
+    from tagger.reporting.views import ScanView
 
     tag_folder(library, settings(tmp_path, tiny_wav2vec2))
     new = library / "new.flac"
@@ -337,7 +337,7 @@ def test_undo_of_more_paths_than_sqlite_takes_variables_restores_the_written_one
     limit (32,766 by default; Debian builds it with 250,000) and fail the whole undo."""
     import sqlite3
 
-    from tagger.journal import undo
+    from tagger.tagging.journal import undo
 
     target, db = _tag_library_over_a_shoegaze_flac(library, tmp_path, tiny_wav2vec2)
     limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
@@ -387,16 +387,16 @@ def test_an_undo_keeps_only_its_first_failure_reasons_and_counts_every_failure(l
                                                                               monkeypatch):
     """An undo over a library on a share that went read-only fails for every file: its summary keeps
     the first ERRORS_KEPT reasons, not one per file, while ``failed`` and ``on_file`` see them all."""
-    import tagger.journal
+    import tagger.tagging.journal
 
-    monkeypatch.setattr(tagger.journal, "ERRORS_KEPT", 2)
+    monkeypatch.setattr(tagger.tagging.journal, "ERRORS_KEPT", 2)
     tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
     stuck = sorted(p for p in library.rglob("*") if p.is_file())[:3]
     for path in stuck:
         path.chmod(0o444)
     told = []
     try:
-        summary = tagger.journal.undo(tmp_path / "index.db", on_file=lambda path, error: told.append(error))
+        summary = tagger.tagging.journal.undo(tmp_path / "index.db", on_file=lambda path, error: told.append(error))
     finally:
         for path in stuck:
             path.chmod(0o644)
@@ -407,12 +407,12 @@ def test_an_undo_keeps_only_its_first_failure_reasons_and_counts_every_failure(l
 
 def test_an_undo_stopped_by_ctrl_c_is_finished_by_running_it_again(library, tmp_path, tiny_wav2vec2,
                                                                     monkeypatch):
-    import tagger.tags
+    import tagger.tagging.tags
 
     files = sorted(p for p in library.rglob("*") if p.is_file())
     before = {p: mutagen_genres(p) for p in files}
     tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
-    restore, calls = tagger.tags.restore_genres, []
+    restore, calls = tagger.tagging.tags.restore_genres, []
 
     def ctrl_c_at_the_third_file(*args, **kwargs):
         calls.append(args[0])
@@ -420,7 +420,7 @@ def test_an_undo_stopped_by_ctrl_c_is_finished_by_running_it_again(library, tmp_
             raise KeyboardInterrupt
         return restore(*args, **kwargs)
 
-    monkeypatch.setattr(tagger.tags, "restore_genres", ctrl_c_at_the_third_file)
+    monkeypatch.setattr(tagger.tagging.tags, "restore_genres", ctrl_c_at_the_third_file)
     db = str(tmp_path / "index.db")
     out = CliRunner().invoke(cli, ["undo", "--db", db])
     assert out.exit_code == 130 and "run the same undo again" in out.stderr

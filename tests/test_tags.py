@@ -1,4 +1,4 @@
-"""tagger.tags on files synthesized with FFmpeg: real writes, read back with mutagen and ffprobe."""
+"""tagger.tagging.tags on files synthesized with FFmpeg: real writes, read back with mutagen and ffprobe."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,7 @@ from mutagen.flac import FLAC, VCFLACDict
 from mutagen.id3 import ID3, TCON, TIT2, TPE2
 
 from tagger.errors import FileChanged, TagReadError, TagWriteError, UnreadableFile, UnsupportedFormat
-from tagger.tags import (GENRE_KEYS, TEMP_RE, audio_digest, cleanup_stale_temps, read_genres, read_tags_summary,
+from tagger.tagging.tags import (GENRE_KEYS, TEMP_RE, audio_digest, cleanup_stale_temps, read_genres, read_tags_summary,
                          restore_genres, snapshot_genres, write_genres)
 from tests.audio_fixtures import ffmpeg_available, have_encoder, make_audio
 
@@ -141,7 +141,7 @@ def ffprobe_genres(path: Path) -> list[str]:
 
 
 def mutagen_genre_raw(path: Path):
-    """Raw genre values straight from mutagen (independent of tagger.tags)."""
+    """Raw genre values straight from mutagen (independent of tagger.tagging.tags)."""
     f = mutagen.File(path)
     name = type(f).__name__
     tags = f.tags
@@ -542,9 +542,9 @@ def test_writer_proceeds_when_the_lock_is_released_unchanged(originals, tmp_path
 
 
 def test_writer_gives_up_on_a_lock_held_too_long(originals, tmp_path, monkeypatch):
-    import tagger.tags
+    import tagger.tagging.tags
 
-    monkeypatch.setattr(tagger.tags, "WRITE_LOCK_SECONDS", 0.5)
+    monkeypatch.setattr(tagger.tagging.tags, "WRITE_LOCK_SECONDS", 0.5)
     path = fresh(originals, tmp_path, "ogg-vorbis")
     before = path.read_bytes()
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -677,7 +677,7 @@ def test_cleanup_stale_temps(tmp_path):
 _CRASH_CHILD = """
 import sys
 sys.path.insert(0, {repo!r})
-from tagger.tags import write_genres
+from tagger.tagging.tags import write_genres
 print("ready", flush=True)
 sys.stdin.readline()
 for i in range({n}):

@@ -1,4 +1,4 @@
-"""tagger.tags over mutagen's own test files (real-world and malformed), read from the shared corpus.
+"""tagger.tagging.tags over mutagen's own test files (real-world and malformed), read from the shared corpus.
 
 The corpus is GPL test data and is never copied into this repository: it is read from
 ``<repo>/../shared/corpus/mutagen-data`` and each file is copied to a temp folder before writing.
@@ -16,7 +16,7 @@ from mutagen.apev2 import APEv2
 from mutagen.id3 import ID3
 
 from tagger.errors import FileError, TagReadError, TagWriteError, UnsupportedFormat
-from tagger.tags import audio_digest, read_genres, restore_genres, snapshot_genres, write_genres
+from tagger.tagging.tags import audio_digest, read_genres, restore_genres, snapshot_genres, write_genres
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "mutagen-data"
 MANIFEST = CORPUS / "MANIFEST.tsv"

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from tagger import ScanSettings, tag_folder
 from tagger.demo import encode, write_wav
-from tagger.infer import resolve_model_name
-from tagger.tags import read_genres, write_genres
+from tagger.models.identity import resolve_model_name
+from tagger.tagging.tags import read_genres, write_genres
 from training.cli import evaluate, train
 from training.data import DataError, DataSettings, Example, load_dataset, random_split
 from training.train import Augment, ClipStore, CropCollator, TrainSettings, freeze_encoder

@@ -4,7 +4,7 @@ import pytest
 
 from tagger.decode import decode_file, plan_windows, windows_from_array
 from tagger.errors import UnreadableFile
-from tagger.infer import plan_segments
+from tagger.models.infer import plan_segments
 
 
 def test_short_track_is_one_window():

@@ -2,7 +2,7 @@
 
 The PyPI wheel ``musicnn-0.1.0-py3-none-any.whl`` (ISC, Jordi Pons / MTG-UPF) ships TF 1.12 checkpoints
 of MSD_musicnn and MTT_musicnn. This script reads them with TensorFlow, renames every variable to the
-state-dict name of ``tagger.musicnn.Musicnn`` (converting the kernel layouts), and writes
+state-dict name of ``tagger.models.musicnn.Musicnn`` (converting the kernel layouts), and writes
 ``model.safetensors`` + ``config.json`` per model. TensorFlow is needed here only; genretag never
 imports it. The script also avoids torch, so it runs in a throwaway TF-only venv:
 
@@ -67,7 +67,7 @@ MODELS = {
     "musicnn-mtt": ("musicnn/MTT_musicnn/", MTT_LABELS, "MagnaTagATune (top-50 tags)"),
 }
 
-# TF variable scope -> tagger.musicnn.Musicnn module path, in the order the TF graph creates them.
+# TF variable scope -> tagger.models.musicnn.Musicnn module path, in the order the TF graph creates them.
 CONVS = {
     "conv2d": "timbral74.conv",
     "conv2d_1": "timbral77.conv",
@@ -134,7 +134,7 @@ def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
 
 
 def make_config(name: str, labels: list[str], dataset: str, wheel_sha256: str) -> dict:
-    """config.json: everything tagger.musicnn needs besides the weights, plus provenance."""
+    """config.json: everything tagger.models.musicnn needs besides the weights, plus provenance."""
     return {
         "format": "genretag-musicnn/1",
         "name": name,

@@ -80,7 +80,7 @@ class TrainResult:
 def train(data: DataSettings, settings: TrainSettings, report: Callable[[str], None] = print) -> TrainResult:
     """Load and split the data, fine-tune, evaluate the best epoch the way ``scan`` runs it, write the
     checkpoint folder and (with ``settings.register``) make it the default model."""
-    from tagger.infer import register_trained_model
+    from tagger.models.identity import register_trained_model
 
     from . import evaluate, metrics
 
@@ -156,7 +156,7 @@ def load_base_model(name: str, labels: list[str], seed: int):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, set_seed
     from transformers.utils import logging as hf_logging
 
-    from tagger.infer import hub_unreachable
+    from tagger.models.infer import hub_unreachable
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is the point of fine-tuning
     hf_logging.disable_progress_bar()  # per-load and per-save bars would bury the epoch lines
@@ -202,7 +202,7 @@ def freeze_encoder(model) -> None:
 
 def crop_seconds(extractor, requested: float | None) -> float:
     """The model's natural input length (AST 10.24 s, Whisper 30 s), capped at one 30 s window."""
-    from tagger.infer import segment_seconds
+    from tagger.models.infer import segment_seconds
 
     return requested or min(segment_seconds(extractor) or WINDOW_SECONDS, WINDOW_SECONDS)
 

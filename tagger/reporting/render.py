@@ -1,7 +1,7 @@
 """The report, the track and the model list, drawn: rich tables in the terminal, JSON, CSV, and one
 self-contained HTML file (inline SVG charts, inline JS; nothing is fetched from anywhere).
 
-Everything here takes the plain data of :mod:`tagger.report` and computes nothing from the index.
+Everything here takes the plain data of :mod:`tagger.reporting.report` and computes nothing from the index.
 """
 from __future__ import annotations
 

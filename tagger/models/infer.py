@@ -9,58 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
-from .settings import DEFAULT_MODEL, data_dir
-
-FALLBACK_MIN_CONFIDENCE = 0.3
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def resolve_model_name(requested: str | None) -> str:
-    """``--model`` > ``$GENRETAG_MODEL`` > the last ``genretag train`` output > the built-in model."""
-    if requested:
-        return requested
-    if env := os.environ.get("GENRETAG_MODEL"):
-        return env
-    if trained := latest_trained_model():
-        return trained
-    return DEFAULT_MODEL
-
-
-def registry_path() -> Path:
-    return data_dir() / "models.json"
-
-
-def latest_trained_model() -> str | None:
-    """The checkpoint most recently registered by ``genretag train``, if it still exists."""
-    try:
-        entries = json.loads(registry_path().read_text())["trained"]
-    except (OSError, ValueError, KeyError):
-        return None
-    for entry in reversed(entries):
-        if Path(entry["path"]).is_dir():
-            return entry["path"]
-    return None
-
-
-def register_trained_model(path: str | os.PathLike, info: dict | None = None) -> None:
-    """Record a new checkpoint so later scans use it by default."""
-    reg = registry_path()
-    try:
-        data = json.loads(reg.read_text())
-    except (OSError, ValueError):
-        data = {"trained": []}
-    data.setdefault("trained", []).append({"path": os.path.abspath(path), **(info or {})})
-    reg.parent.mkdir(parents=True, exist_ok=True)
-    tmp = reg.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, reg)
+from ..errors import ModelError
+from .identity import (FALLBACK_MIN_CONFIDENCE, ModelIdentity, model_identity, resolve_model_name,
+                       weights_fingerprint)
 
 
 def pick_device(device: str = "auto"):
@@ -115,7 +70,7 @@ def load_classifier(model: str | None = None, device: str = "auto", precision: s
 def default_label_map(name: str, labels: str | None):
     """``--labels FILE`` if given, else the built-in model's own map, else every label kept as is: what
     a loaded classifier's ``label_map`` is."""
-    from .labels import builtin_label_map, identity_map, load_label_map
+    from ..labels import builtin_label_map, identity_map, load_label_map
 
     if labels:
         return load_label_map(labels)
@@ -123,7 +78,7 @@ def default_label_map(name: str, labels: str | None):
 
 
 def _load_now(name: str, device: str, precision: str, labels: str | None):
-    from .labels import load_label_map
+    from ..labels import load_label_map
 
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
@@ -134,43 +89,6 @@ def _load_now(name: str, device: str, precision: str, labels: str | None):
     if labels:
         classifier.label_map = load_label_map(labels)
     return classifier
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What the index needs of a model to tell which tracks it has already predicted."""
-
-    model_id: str
-    fingerprint: str
-    labels: list[str]
-    default_min_confidence: float
-    sampling_rate: int | None = None  # where the files say it: a Ray driver then never loads the model
-
-
-def model_identity(name: str) -> ModelIdentity | None:
-    """The identity of the model ``name`` read from its files, without torch or transformers; None for
-    models only loading can identify (hub ids, whose snapshot the hub library resolves)."""
-    if name.startswith("builtin:"):
-        try:
-            config, weights = read_builtin(name.removeprefix("builtin:"))
-        except ModelError:
-            return None  # loading reports it, naming the models there are
-        return ModelIdentity(name, builtin_fingerprint(weights), list(config["labels"]),
-                             float(config["default_min_confidence"]), int(config["sample_rate"]))
-    folder = Path(name).expanduser()
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        id2label = {int(k): v for k, v in config["id2label"].items()}
-        labels = [id2label[i] for i in range(len(id2label))]
-    except (OSError, ValueError, KeyError, AttributeError):
-        return None  # not a checkpoint folder, or a broken one: loading says which
-    try:
-        extractor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
-        rate = int(extractor["sampling_rate"])
-    except (OSError, ValueError, KeyError, TypeError):
-        rate = None
-    return ModelIdentity(name, weights_fingerprint(folder), labels,
-                         config.get("genretag_min_confidence") or FALLBACK_MIN_CONFIDENCE, rate)
 
 
 class DeferredClassifier:
@@ -211,23 +129,6 @@ class DeferredClassifier:
         return getattr(self.classifier(), name)
 
 
-def read_builtin(name: str) -> tuple[dict, bytes]:
-    """A built-in model's config.json and model.safetensors bytes, from the package (a wheel or a zip
-    too). Torch-free, so a scan can identify the model without loading it."""
-    from importlib import resources
-
-    folder = resources.files("tagger") / "builtin" / name
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        return config, (folder / "model.safetensors").read_bytes()
-    except (OSError, ValueError) as err:
-        raise ModelError(f"builtin:{name}: model files missing or unreadable ({err})") from None
-
-
-def builtin_fingerprint(weights: bytes) -> str:
-    return hashlib.sha256(weights).hexdigest()[:16]
-
-
 def _load_builtin(name: str, device, precision: str):
     try:
         from .musicnn import load_builtin
@@ -235,21 +136,6 @@ def _load_builtin(name: str, device, precision: str):
         raise ModelError(f"the built-in model is not available ({exc}); pass --model with a "
                          "checkpoint folder or train one with `genretag train`") from None
     return load_builtin(name, device=device, precision=precision)
-
-
-def weights_fingerprint(folder: str | os.PathLike) -> str:
-    """First 16 hex digits of the SHA-256 over the checkpoint's weight files (names and bytes).
-
-    The index keys predictions by this, so a retrained model in the same folder re-predicts.
-    """
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).iterdir()):
-        if path.suffix in WEIGHT_SUFFIXES:
-            digest.update(path.name.encode())
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def segment_seconds(feature_extractor) -> float | None:
@@ -283,7 +169,7 @@ class HFClassifier:
     """A transformers ``AutoModelForAudioClassification`` checkpoint behind genretag's interface."""
 
     def __init__(self, model_id: str, model, feature_extractor, device, precision: str, fingerprint: str):
-        from .labels import identity_map
+        from ..labels import identity_map
 
         config = model.config
         self.model_id = model_id
@@ -379,7 +265,7 @@ class HFClassifier:
         """Model inputs for equal-length segments. Raw-waveform extractors (wav2vec2, HuBERT) only
         normalise each segment, which is done here in torch on the model's device, as the extractor does
         it (zero mean, unit variance, eps 1e-7). On CUDA, AST's filterbank runs there too, for the whole
-        batch (:mod:`tagger.fbank`); on the CPU its extractor's own per-segment loop was faster (45 against
+        batch (:mod:`tagger.models.fbank`); on the CPU its extractor's own per-segment loop was faster (45 against
         60 ms for nine segments on 2 cores). Other extractors run as shipped."""
         import torch
 

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from .errors import ModelError
-from .infer import builtin_fingerprint, read_builtin
-from .labels import LabelMap, builtin_label_map
+from ..errors import ModelError
+from .identity import builtin_fingerprint, read_builtin
+from ..labels import LabelMap, builtin_label_map
 from .native import banded_max, banded_max_kernel, position_minor, to_vnni
 
 SAMPLE_RATE = 16000
@@ -186,7 +186,7 @@ class ConvBlock(nn.Module):
     wider than one band, frames for a 1-band (temporal) kernel — instead of one oneDNN convolution
     (see :meth:`_banded_max_over_frequency`). None keeps the convolution.
 
-    ``native_band``: the same for the native kernel (AMX or AVX512-BF16) of :mod:`tagger.native`, which
+    ``native_band``: the same for the native kernel (AMX or AVX512-BF16) of :mod:`tagger.models.native`, which
     is used instead in calls with one torch thread where the kernel can run
     (:meth:`_native_max_over_frequency`).
     """
@@ -280,7 +280,7 @@ class ConvBlock(nn.Module):
         return out.view(-1, batch, frames).transpose(0, 1)
 
     def _native_max_over_frequency(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`max_over_frequency` in bf16 with the native kernel of :mod:`tagger.native`, which folds
+        """:meth:`max_over_frequency` in bf16 with the native kernel of :mod:`tagger.models.native`, which folds
         each product into the maxima while it is computed, so no product is ever written.
 
         The products are those of :meth:`_banded_max_over_frequency` (``native_band`` positions each),
@@ -348,7 +348,7 @@ class ConvBlock(nn.Module):
         """The banded weight for ``block`` positions in the kernel's layout, built once for these weights:
         rows (r, j) for r < span and j < block + width - 1, zero-padded to a multiple of 32; columns,
         for a timbral kernel, each position's channels zero-padded to a multiple of 16 in the kernel's
-        order (:func:`tagger.native.position_minor`), for a temporal one (frame, channel), in all a
+        order (:func:`tagger.models.native.position_minor`), for a temporal one (frame, channel), in all a
         multiple of 32; each channel's weights multiplied by its :meth:`_max_sign`."""
         key = (block, *((t.data_ptr(), t._version) for t in (self.conv.weight, self.bn.weight)))
         if self._native_weight is not None and self._native_weight[0] == key:

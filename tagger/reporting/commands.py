@@ -1,19 +1,19 @@
 """``genretag report``, ``genretag show`` and ``genretag models``: read the index, render the answer.
 
 Only click is imported here at module level, so ``genretag --help`` stays instant; the queries
-(:mod:`tagger.report`) and the rendering (:mod:`tagger.report_render`) load inside the commands.
+(:mod:`tagger.reporting.report`) and the rendering (:mod:`tagger.reporting.render`) load inside the commands.
 """
 from __future__ import annotations
 
 import click
 
 DB_HELP = "SQLite index file (default: $GENRETAG_DB or ~/.local/share/genretag/index.db)."
-GROUPINGS = ("genre", "folder", "artist", "album")  # tagger.report.GROUPINGS
-DEFAULT_REVIEW = 10  # tagger.report.ReportOptions.review; a test keeps the two equal
+GROUPINGS = ("genre", "folder", "artist", "album")  # tagger.reporting.report.GROUPINGS
+DEFAULT_REVIEW = 10  # tagger.reporting.report.ReportOptions.review; a test keeps the two equal
 
 
 def _db_path(db: str | None):
-    from .settings import ScanSettings
+    from ..settings import ScanSettings
 
     return ScanSettings(db=db).db_path()
 
@@ -58,7 +58,7 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
            html_file):
     """Genre distribution, statuses, confidence and the tracks to review, for the indexed library (or
     the part of it under PATH)."""
-    from .errors import GenretagError
+    from ..errors import GenretagError
     from .report import ReportOptions, build_report, parse_since
 
     if sum(map(bool, (as_json, as_csv, html_file))) > 1:
@@ -75,7 +75,7 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
         result = build_report(_db_path(db), options)
     except GenretagError as err:
         raise _fail(err) from None
-    from . import report_render as render
+    from . import render
 
     if html_file:
         with open(html_file, "w", encoding="utf-8") as fh:
@@ -98,7 +98,7 @@ def show(file, db, as_json):
     per-window labels) and the history of genre writes."""
     import json
 
-    from .errors import GenretagError
+    from ..errors import GenretagError
     from .report import track_details
 
     try:
@@ -110,7 +110,7 @@ def show(file, db, as_json):
     if as_json:
         click.echo(json.dumps(details, indent=2, ensure_ascii=False))
     else:
-        from .report_render import show_terminal
+        from .render import show_terminal
 
         show_terminal(details)
 
@@ -122,7 +122,7 @@ def models(db, as_json):
     """The models the index has seen (with prediction counts) and the checkpoints available to scan with."""
     import json
 
-    from .errors import GenretagError
+    from ..errors import GenretagError
     from .report import model_overview
 
     try:
@@ -132,6 +132,6 @@ def models(db, as_json):
     if as_json:
         click.echo(json.dumps(overview, indent=2, ensure_ascii=False))
     else:
-        from .report_render import models_terminal
+        from .render import models_terminal
 
         models_terminal(overview)

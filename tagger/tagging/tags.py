@@ -1,6 +1,6 @@
 """Read and write genre tags without ever damaging an audio file.
 
-Formats and fields (``GENRE_KEYS`` in :mod:`tagger.tagformats` is the table):
+Formats and fields (``GENRE_KEYS`` in :mod:`tagger.tagging.formats` is the table):
 
 =====================================  ======================  ==================================
 format (mutagen class)                 genre field             provenance field
@@ -121,8 +121,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from tagger.errors import FileChanged, FileError, TagWriteError, UnreadableFile
-from tagger.tagformats import GENRE_KEYS, call, clean_genres, error_reason, open_handler, separator_problem
+from ..errors import FileChanged, FileError, TagWriteError, UnreadableFile
+from .formats import GENRE_KEYS, call, clean_genres, error_reason, open_handler, separator_problem
 
 __all__ = ["GENRE_KEYS", "MODES", "TEMP_RE", "TagChange", "read_genres", "read_tags_summary",
            "snapshot_genres", "write_genres", "restore_genres", "audio_digest", "cleanup_stale_temps",

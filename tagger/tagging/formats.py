@@ -1,4 +1,4 @@
-"""Format-specific genre access for :mod:`tagger.tags` (policies are documented there).
+"""Format-specific genre access for :mod:`tagger.tagging.tags` (policies are documented there).
 
 One *handler* per tag system (ID3, Vorbis comments, MP4, ASF, APEv2) turns a file into a flat dict
 of **fields**: ``{field name: raw value or None}``, where None means "field absent". Field values
@@ -50,7 +50,7 @@ from mutagen.wave import WAVE
 from mutagen.wave import delete as wave_delete
 from mutagen.wavpack import WavPack
 
-from tagger.errors import FileError, TagReadError, TagWriteError, UnsupportedFormat
+from ..errors import FileError, TagReadError, TagWriteError, UnsupportedFormat
 
 PROVENANCE = "GENRETAG"
 

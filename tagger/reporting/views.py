@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
     TimeRemainingColumn
 from rich.table import Table
 
-from .records import ABSTAINED, FAILED, OK, SKIPPED
+from ..records import ABSTAINED, FAILED, OK, SKIPPED
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLANNED_TABLE_ROWS = 1000
@@ -27,7 +27,7 @@ def shown_path(path: str) -> str:
     """``path`` as the terminal shows it: named as the index stores it (bytes that are not UTF-8 as
     ``\\xNN``, so an error line, ``report`` and ``show`` agree), with control characters escaped
     (``\\n``), so a name holding a newline still makes one line."""
-    from .index import path_key
+    from ..index import path_key
 
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], path_key(path))
 

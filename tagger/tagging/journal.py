@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import FileChanged, GenretagError
-from .index import Index
+from ..errors import FileChanged, GenretagError
+from ..index import Index
 
 ERRORS_KEPT = 100
 """An undo's summary keeps the reasons of its first this many failures; ``failed`` counts them all, and

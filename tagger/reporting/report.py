@@ -3,7 +3,7 @@
 Every aggregate is computed by SQLite (GROUP BY, ``json_extract``), never by looping over tracks in
 Python: :func:`build_report` answers for a 100,000-track index in about a second on two CPU cores
 (``bench/report_100k.py``). Rendering
-(terminal, JSON, CSV, HTML) lives in :mod:`tagger.report_render`.
+(terminal, JSON, CSV, HTML) lives in :mod:`tagger.reporting.render`.
 
 A track's *prediction* is the one made by the chosen model (``--model``), or by default the one made
 by the model that last scanned the track (``tracks.fingerprint``). Its *genre* is that prediction's
@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import GenretagError
+from ..errors import GenretagError
 
 GROUPINGS = ("genre", "folder", "artist", "album")
 STATUSES = ("ok", "abstained", "failed", "unpredicted")
@@ -33,7 +33,7 @@ SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """What a report covers; ``genretag report``'s options (their help is in :mod:`tagger.report_cli`)."""
+    """What a report covers; ``genretag report``'s options (their help is in :mod:`tagger.reporting.commands`)."""
 
     path: str | None = None  # only tracks under this folder
     folders: tuple[str, ...] = ()  # ... and under one of these
@@ -86,7 +86,7 @@ def connect(db_path: str | os.PathLike) -> sqlite3.Connection:
     """A connection to the existing index at ``db_path``; never creates one. An older index is migrated
     (through :class:`tagger.index.Index`), a newer one refused. Plain sqlite3, not sqlite-utils: its
     import alone costs more than a report's queries."""
-    from .index import BUSY_TIMEOUT_MS, SCHEMA_VERSION, Index
+    from ..index import BUSY_TIMEOUT_MS, SCHEMA_VERSION, Index
 
     if not Path(db_path).is_file():
         raise GenretagError(f"no index at {db_path}; run `genretag scan` first (or pass --db)")
@@ -118,7 +118,7 @@ def _rows(conn, sql: str, args=()) -> list[dict]:
 
 def folder_prefix(folder: str) -> str:
     """The text every indexed path under ``folder`` starts with."""
-    from .index import path_key
+    from ..index import path_key
 
     return path_key(os.path.abspath(folder)).rstrip("/") + "/"
 
@@ -309,14 +309,14 @@ def _groups(rows, by: str) -> list[dict]:
 def track_details(db_path: str | os.PathLike, file: str | os.PathLike) -> dict:
     """Everything known about one file: its tags read now, its index row, every model's prediction,
     every tag write (oldest first)."""
-    from .index import path_key
+    from ..index import path_key
 
     absolute = os.path.abspath(file)
     details = {"path": absolute, "exists": os.path.isfile(absolute), "tags": None, "tags_error": None,
                "track": None, "predictions": [], "writes": []}
     if details["exists"]:
         try:
-            from .tags import read_tags_summary
+            from ..tagging.tags import read_tags_summary
 
             details["tags"] = read_tags_summary(absolute)
         except GenretagError as err:
@@ -363,8 +363,8 @@ def _loads(text):
 
 def builtin_names() -> list[str]:
     """The built-in models shipped in the package (``tagger/builtin/<name>/``, what
-    :func:`tagger.musicnn.load_builtin` reads). Listed from the folder rather than from
-    ``tagger.musicnn.BUILTIN_MODELS``, whose import loads torch (seconds); a test keeps the two equal."""
+    :func:`tagger.models.musicnn.load_builtin` reads). Listed from the folder rather than from
+    ``tagger.models.musicnn.BUILTIN_MODELS``, whose import loads torch (seconds); a test keeps the two equal."""
     from importlib import resources
 
     try:
@@ -377,7 +377,7 @@ def builtin_names() -> list[str]:
 
 def builtin_fingerprint(name: str) -> str | None:
     """The fingerprint scans record for ``builtin:NAME``: SHA-256 of its weights file, as
-    :class:`tagger.musicnn.MusicnnClassifier` computes it (not :func:`weights_fingerprint`, which also
+    :class:`tagger.models.musicnn.MusicnnClassifier` computes it (not :func:`weights_fingerprint`, which also
     hashes file names)."""
     from importlib import resources
 
@@ -391,7 +391,7 @@ def builtin_fingerprint(name: str) -> str | None:
 def model_overview(db_path: str | os.PathLike) -> dict:
     """``{"seen": [...], "available": [...], "default": model}``: the models the index has recorded,
     with their prediction counts, and the checkpoints a scan could use now (built-in and trained)."""
-    from .infer import registry_path, resolve_model_name, weights_fingerprint
+    from ..models.identity import registry_path, resolve_model_name, weights_fingerprint
 
     seen = []
     if Path(db_path).is_file():
