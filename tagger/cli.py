@@ -81,6 +81,7 @@ def scan(path, as_json, **options):
     With --write-tags the genres are written into the files; with --dry-run the planned changes are
     shown and no audio file is touched.
     """
+    from .index import index_errors
     from .pipeline import tag_folder
     from .reporting.views import ScanView
 
@@ -89,7 +90,7 @@ def scan(path, as_json, **options):
     settings = ScanSettings(**options)
     view = ScanView(settings, as_json=as_json)
     try:
-        with view:
+        with view, index_errors(settings.db_path()):
             summary = tag_folder(path, settings, on_result=view.result, on_skipped=view.skipped,
                                  on_discovered=view.discovered if view.shows_progress else None)
     except KeyboardInterrupt:
@@ -116,12 +117,13 @@ def undo(paths, run_id, force, keep_mtime, db):
     PATHS (files or folders) limits the undo to the writes to them. A file whose genres changed since
     genretag wrote them is left alone and reported, unless --force.
     """
+    from .index import index_errors
     from .tagging.journal import undo as undo_writes
     from .reporting.views import UndoView
 
     view = UndoView()
     try:
-        with view:
+        with view, index_errors(ScanSettings(db=db).db_path()):
             summary = undo_writes(ScanSettings(db=db).db_path(), run_id, list(paths) or None, keep_mtime,
                                   force=force, on_total=view.total, on_file=view.file)
     except KeyboardInterrupt:
@@ -147,13 +149,17 @@ def undo(paths, run_id, force, keep_mtime, db):
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 def history(db, as_json):
     """List the runs recorded in the index, newest first, with what each one did."""
-    from .index import Index
+    from .index import Index, index_errors
     from .reporting.views import history_table
 
-    with Index(ScanSettings(db=db).db_path()) as index:
-        runs = index.runs()
-        writes = {row["run_id"]: row["n"] for row in index.db.query(
-            "select run_id, count(*) as n from tag_writes group by run_id")}
+    db_path = ScanSettings(db=db).db_path()
+    try:
+        with index_errors(db_path), Index(db_path, create=False) as index:
+            runs = index.runs()
+            writes = {row["run_id"]: row["n"] for row in index.db.query(
+                "select run_id, count(*) as n from tag_writes group by run_id")}
+    except GenretagError as err:
+        raise click.ClickException(str(err)) from None
     if as_json:
         click.echo(json.dumps([{**r, "writes": writes.get(r["id"], 0)} for r in runs], indent=2))
     else:

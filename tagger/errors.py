@@ -43,3 +43,14 @@ class FileChanged(TagWriteError):
 
 class ModelError(GenretagError):
     """No model, a model that cannot be loaded, or a hub id that cannot be reached."""
+
+
+class IndexUnusable(GenretagError):
+    """The index file cannot be used: missing where it must exist, a folder, not SQLite, damaged,
+    read-only or made by a newer genretag. ``str(err)`` is ``"<path>: <reason>"``; no audio file is
+    touched once this is raised."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

@@ -25,6 +25,9 @@ import time
 from contextlib import contextmanager
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import quote
+
+from .errors import IndexUnusable
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
@@ -67,20 +70,69 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         delay = min(2 * delay, 0.1)
 
 
-class Index:
-    """A genretag index file. Use as a context manager or call :meth:`close`."""
+def check_index_path(path: Path, create: bool) -> None:
+    """Refuse, before SQLite is asked, a path that cannot hold an index: a folder, or (unless
+    ``create``) no file at all, since SQLite would silently create an empty index there."""
+    if path.is_dir():
+        raise IndexUnusable(path, "is a folder, not an index file (pass the file with --db)")
+    if not create and not path.is_file():
+        raise IndexUnusable(path, "no genretag index at this path; run `genretag scan` first (or pass --db)")
 
-    def __init__(self, path: str | os.PathLike):
+
+def unusable_reason(err: BaseException) -> str:
+    """One line saying why SQLite cannot use a file as an index."""
+    text = str(err)
+    if isinstance(err, sqlite3.DatabaseError) and "not a database" in text:
+        return "not a genretag index (not an SQLite database file)"
+    if "malformed" in text or isinstance(err, sqlite3.DatabaseError) and "corrupt" in text:
+        return f"the index file is damaged ({text}); restore it from a backup or move it away"
+    if "readonly" in text or "read-only" in text:
+        return f"the index is read-only here ({text}); genretag needs to write to it and to its folder"
+    if "unable to open" in text:
+        return f"cannot open the index ({text}: check the permissions of the file and its folder)"
+    return f"index error: {text}"
+
+
+@contextmanager
+def index_errors(path: str | os.PathLike):
+    """Turn any SQLite failure inside the block into :class:`IndexUnusable` naming ``path``: a damaged
+    index may open and only fail at the page a query reaches."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise IndexUnusable(path, unusable_reason(err)) from None
+
+
+class Index:
+    """A genretag index file. Use as a context manager or call :meth:`close`.
+
+    ``create=False`` opens only an index that exists (``history``, ``undo``, ``show`` …): a mistyped
+    ``--db`` is refused instead of answered from a new empty file. Every way an index can be unusable
+    (:func:`check_index_path`, :func:`unusable_reason`) raises :class:`IndexUnusable`, one line."""
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True):
         import sqlite_utils
 
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _use_wal(conn)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        self.db = sqlite_utils.Database(conn)
-        self._migrate()
+        check_index_path(self.path, create)
+        with index_errors(self.path):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise IndexUnusable(self.path, f"cannot create its folder ({err.strerror})") from None
+            # mode=rw: SQLite must not create the file between the check above and the open.
+            target = self.path if create else f"file:{quote(os.fsencode(self.path.absolute()))}?mode=rw"
+            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   uri=not create)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                _use_wal(conn)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self.db = sqlite_utils.Database(conn)
+                self._migrate()
+            except BaseException:
+                conn.close()
+                raise
 
     def __enter__(self) -> "Index":
         return self
@@ -116,10 +168,8 @@ class Index:
         """Bring an older (or new, empty) index up to :data:`SCHEMA_VERSION`, one step at a time."""
         version = self.schema_version()
         if version > SCHEMA_VERSION:
-            from .errors import GenretagError
-
-            raise GenretagError(f"{self.path}: index schema {version} is newer than this genretag "
-                                f"({SCHEMA_VERSION}); upgrade genretag")
+            raise IndexUnusable(self.path, f"index schema {version} is newer than this genretag "
+                                           f"({SCHEMA_VERSION}); upgrade genretag")
         for step in range(version, SCHEMA_VERSION):
             with self._tx():
                 if self.schema_version() == step:  # another process may have migrated meanwhile

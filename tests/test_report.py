@@ -203,7 +203,7 @@ def test_report_usage_errors(known_index, tmp_path):
     assert "--since" in invoke(report, ["--db", known_index, "--since", "soon"], code=2).output
     assert "not in the index" in invoke(report, ["--db", known_index, "--model", "nope"], code=1).output
     out = invoke(report, ["--db", tmp_path / "missing.db"], code=1).output
-    assert "no index at" in out and "Traceback" not in out
+    assert "no genretag index at" in out and "Traceback" not in out
     assert not (tmp_path / "missing.db").exists()
 
 

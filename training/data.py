@@ -188,7 +188,7 @@ def folder_pairs(root: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
 
 def index_pairs(library: Path, db: str | None) -> tuple[list[tuple[str, list[str]]], list[str]]:
     """Tracks under ``library`` whose tags had genres when ``genretag scan`` last read them."""
-    from tagger.index import Index
+    from tagger.index import Index, index_errors
     from tagger.settings import default_db_path
 
     db_path = Path(db).expanduser() if db else default_db_path()
@@ -196,7 +196,7 @@ def index_pairs(library: Path, db: str | None) -> tuple[list[tuple[str, list[str
         raise DataError(f"no index at {db_path}; run `genretag scan {library}` first so the genres in "
                         "your files' tags are read into it")
     prefix = os.path.join(os.path.abspath(library), "")
-    with Index(db_path) as index:
+    with index_errors(db_path), Index(db_path, create=False) as index:
         rows = index.db.execute("select path, raw_path, genres from tracks where genres is not null").fetchall()
     pairs, gone = [], 0
     for key, raw, genres in rows:

@@ -13,9 +13,14 @@ DEFAULT_REVIEW = 10  # tagger.reporting.report.ReportOptions.review; a test keep
 
 
 def _db_path(db: str | None):
+    """The index a command reads: ``--db``, else the default. One that does not exist is refused
+    (:class:`tagger.errors.IndexUnusable`), never created."""
+    from ..index import check_index_path
     from ..settings import ScanSettings
 
-    return ScanSettings(db=db).db_path()
+    path = ScanSettings(db=db).db_path()
+    check_index_path(path, create=False)
+    return path
 
 
 def _fail(err: Exception):
@@ -59,6 +64,7 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
     """Genre distribution, statuses, confidence and the tracks to review, for the indexed library (or
     the part of it under PATH)."""
     from ..errors import GenretagError
+    from ..index import index_errors
     from .report import ReportOptions, build_report, parse_since
 
     if sum(map(bool, (as_json, as_csv, html_file))) > 1:
@@ -72,7 +78,9 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
     options = ReportOptions(path=path, folders=tuple(folders), model=model, min_confidence=min_confidence,
                             since=since_ts, by=by, review=review, tracks=bool(html_file or tracks))
     try:
-        result = build_report(_db_path(db), options)
+        db_path = _db_path(db)
+        with index_errors(db_path):
+            result = build_report(db_path, options)
     except GenretagError as err:
         raise _fail(err) from None
     from . import render
@@ -99,14 +107,21 @@ def show(file, db, as_json):
     import json
 
     from ..errors import GenretagError
+    from ..index import index_errors
     from .report import track_details
 
     try:
-        details = track_details(_db_path(db), file)
+        db_path = _db_path(db)
+        with index_errors(db_path):
+            details = track_details(db_path, file)
     except GenretagError as err:
         raise _fail(err) from None
-    if not details["exists"] and details["track"] is None:
-        raise click.ClickException(f"{details['path']}: no such file, and not in the index")
+    if details["track"] is None:
+        if not details["exists"]:
+            raise click.ClickException(f"{details['path']}: no such file, and not in the index")
+        if details["tags_error"]:
+            raise click.ClickException(f"{details['path']}: not an audio file genretag reads "
+                                       f"({details['tags_error']}), and not in the index")
     if as_json:
         click.echo(json.dumps(details, indent=2, ensure_ascii=False))
     else:
@@ -123,10 +138,13 @@ def models(db, as_json):
     import json
 
     from ..errors import GenretagError
+    from ..index import index_errors
     from .report import model_overview
 
     try:
-        overview = model_overview(_db_path(db))
+        db_path = _db_path(db)
+        with index_errors(db_path):
+            overview = model_overview(db_path)
     except GenretagError as err:
         raise _fail(err) from None
     if as_json:

@@ -22,8 +22,9 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import quote
 
-from ..errors import GenretagError
+from ..errors import GenretagError, IndexUnusable
 
 GROUPINGS = ("genre", "folder", "artist", "album")
 STATUSES = ("ok", "abstained", "failed", "unpredicted")
@@ -85,29 +86,34 @@ def parse_since(text: str, now: float | None = None) -> float:
 def connect(db_path: str | os.PathLike) -> sqlite3.Connection:
     """A connection to the existing index at ``db_path``; never creates one. An older index is migrated
     (through :class:`tagger.index.Index`), a newer one refused. Plain sqlite3, not sqlite-utils: its
-    import alone costs more than a report's queries."""
-    from ..index import BUSY_TIMEOUT_MS, SCHEMA_VERSION, Index
+    import alone costs more than a report's queries. Every way the file can be unusable is one line
+    (:class:`tagger.errors.IndexUnusable`)."""
+    from ..index import BUSY_TIMEOUT_MS, SCHEMA_VERSION, Index, check_index_path, index_errors
 
-    if not Path(db_path).is_file():
-        raise GenretagError(f"no index at {db_path}; run `genretag scan` first (or pass --db)")
+    check_index_path(Path(db_path), create=False)
     for _ in range(2):  # the second time round, after a migration
-        conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        try:
-            tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
-            version = int(conn.execute("select value from meta where key = 'schema_version'").fetchone()[0]) \
-                if "meta" in tables else 0
-        except (sqlite3.DatabaseError, TypeError, ValueError) as err:
-            conn.close()
-            raise GenretagError(f"{db_path} is not a genretag index ({err})") from None
+        with index_errors(db_path):
+            conn = sqlite3.connect(f"file:{quote(os.fsencode(os.path.abspath(db_path)))}?mode=rw",
+                                   timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, uri=True)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA temp_store = MEMORY")
+                tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+                version = int(conn.execute("select value from meta where key = 'schema_version'").fetchone()[0]) \
+                    if "meta" in tables else 0
+            except (TypeError, ValueError) as err:
+                conn.close()
+                raise IndexUnusable(db_path, f"not a genretag index ({err})") from None
+            except BaseException:
+                conn.close()
+                raise
         if version == SCHEMA_VERSION:
             return conn
         conn.close()
         if "tracks" not in tables:
-            raise GenretagError(f"{db_path} is not a genretag index (no tracks table)")
-        Index(db_path).close()  # upgrades an older schema step by step; raises for a newer one
-    raise GenretagError(f"{db_path}: could not bring the index to schema {SCHEMA_VERSION}")
+            raise IndexUnusable(db_path, "not a genretag index (no tracks table)")
+        Index(db_path, create=False).close()  # upgrades an older schema step by step; raises for a newer one
+    raise IndexUnusable(db_path, f"could not bring the index to schema {SCHEMA_VERSION}")
 
 
 def _rows(conn, sql: str, args=()) -> list[dict]:

@@ -42,7 +42,7 @@ def undo(db_path, run_id: int | None = None, paths: list[str] | None = None,
     as it is done, with the reason it failed or None, so that a long undo can show its progress and
     its errors as they happen. The journal is read a page at a time (``Index.writes_to_undo``)."""
     summary = UndoSummary()
-    with Index(db_path) as index:
+    with Index(db_path, create=False) as index:
         scope = index.undo_scope(run_id, paths)
         total = index.count_writes_to_undo(scope)
         if not total:
