@@ -92,6 +92,7 @@ def scan(path, as_json, **options):
     try:
         with view, index_errors(settings.db_path()):
             summary = tag_folder(path, settings, on_result=view.result, on_skipped=view.skipped,
+                                 on_phase=view.phase,
                                  on_discovered=view.discovered if view.shows_progress else None)
     except KeyboardInterrupt:
         view.interrupted()
@@ -150,7 +151,7 @@ def undo(paths, run_id, force, keep_mtime, db):
 def history(db, as_json):
     """List the runs recorded in the index, newest first, with what each one did."""
     from .index import Index, index_errors
-    from .reporting.views import history_table
+    from .reporting.views import history_table, run_mode
 
     db_path = ScanSettings(db=db).db_path()
     try:
@@ -161,7 +162,8 @@ def history(db, as_json):
     except GenretagError as err:
         raise click.ClickException(str(err)) from None
     if as_json:
-        click.echo(json.dumps([{**r, "writes": writes.get(r["id"], 0)} for r in runs], indent=2))
+        click.echo(json.dumps([{**r, "mode": run_mode(r), "dry_run": run_mode(r) == "dry run",
+                                "writes": writes.get(r["id"], 0)} for r in runs], indent=2))
     else:
         history_table(runs, writes)
 

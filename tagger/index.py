@@ -33,9 +33,11 @@ SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 LOOKUP_CHUNK = 500  # paths per query; SQLite builds before 3.32 allow at most 999 parameters
 UNDO_PAGE = 1000  # journal rows an undo reads at a time
-CACHE_COLUMNS = ("path", "size", "mtime_ns", "status", "written", "labels", "scores", "ranking", "label_map")
+CACHE_COLUMNS = ("p.path", "p.size", "p.mtime_ns", "p.status", "p.written", "p.labels", "p.scores", "p.ranking",
+                 "p.label_map", "p.windows", "p.error", "t.duration", "t.codec", "t.genres")
 """What a scan needs of a stored prediction to skip its track, to decide its genres again under the
-scan's own settings, or to write them from the cache."""
+scan's own settings, to write them from the cache, and to report the track as fully as when it was
+predicted (its ``--json`` line, its row in a dry run's table)."""
 STORED_RANKING = 10
 """Genres of each prediction's ranking kept in the index, best first (more when ``--top-k`` asks for
 more): enough to decide a track's genres again for any ``--top-k`` up to this many."""
@@ -198,9 +200,11 @@ class Index:
         keys = [path_key(p) for p in paths]
         for start in range(0, len(keys), LOOKUP_CHUNK):
             chunk = keys[start:start + LOOKUP_CHUNK]
-            rows = self.db.execute(f"select {', '.join(CACHE_COLUMNS)} from predictions where fingerprint = ? "
-                                   f"and path in ({', '.join('?' * len(chunk))})", [fingerprint, *chunk])
-            found.update((row[0], dict(zip(CACHE_COLUMNS, row))) for row in rows)
+            rows = self.db.execute(f"select {', '.join(CACHE_COLUMNS)} from predictions p left join tracks t "
+                                   f"on t.path = p.path where p.fingerprint = ? "
+                                   f"and p.path in ({', '.join('?' * len(chunk))})", [fingerprint, *chunk])
+            names = [c.split(".")[1] for c in CACHE_COLUMNS]
+            found.update((row[0], dict(zip(names, row))) for row in rows)
         return found
 
     def genres(self, paths: list[str]) -> dict[str, list[str]]:

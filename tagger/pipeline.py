@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .aggregate import choose_genres, rank_labels
 from .batching import predict_in_batches
@@ -19,7 +19,9 @@ from .discover import count_audio_files, discover
 from .engine import LocalEngine, default_batch_size
 from .errors import FileChanged, FileError, GenretagError
 from .index import STORED_RANKING, path_key
-from .records import ABSTAINED, FAILED, OK, SKIPPED, DecodedTrack, Track, TrackResult
+from .decide import PREDICT, Rules, decide
+from .records import (ABSTAINED, DISCOVERY, FAILED, FROM_INDEX, OK, PREDICTED, SKIPPED, DecodedTrack, Track,
+                      TrackResult)
 from .settings import ScanSettings
 
 INDEX_FLUSH_RESULTS = 64
@@ -31,21 +33,34 @@ for more tracks, so writes from the cache interleave with predictions as before.
 
 @dataclass
 class ScanSummary:
-    """Counts of one scan. ``failed`` counts files (and folders) that could not be processed."""
+    """Counts of one scan. Every discovered audio file counts once, in ``tagged``, ``abstained`` or
+    ``failed`` (the library's state as this scan leaves it), and in ``predicted`` or ``from_index``
+    (where that state came from); folders that cannot be read count in ``failed`` only."""
 
-    scanned: int = 0
-    skipped: int = 0
-    tagged: int = 0
-    abstained: int = 0
-    failed: int = 0
-    written: int = 0
-    requeued: int = 0
-    relabelled: int = 0  # unchanged tracks whose cached genres this scan's settings decide differently
+    predicted: int = 0  # tracks this run ran the model on (or tried to: failed decodes count)
+    from_index: int = 0  # unchanged tracks whose stored prediction this run took from the index
+    tagged: int = 0  # tracks with genres chosen, whichever way
+    abstained: int = 0  # no genre reached its threshold
+    failed: int = 0  # files (and folders) that could not be processed or written
+    written: int = 0  # files this run wrote genres into
+    pending: int = 0  # tracks whose chosen genres the file does not hold, on a run that does not write
+    requeued: int = 0  # changed on disk before their write: predicted again
+    relabelled: int = 0  # from the index, decided again differently under this run's threshold/top-k
     seconds: float = 0.0
     run_id: int | None = None
     model_id: str | None = None
     interrupted: bool = False
     results: list[TrackResult] = field(default_factory=list, repr=False)
+
+    @property
+    def scanned(self) -> int:
+        """Older name of :attr:`predicted`."""
+        return self.predicted
+
+    @property
+    def skipped(self) -> int:
+        """Older name of :attr:`from_index`."""
+        return self.from_index
 
     def counts(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "results"}
@@ -55,21 +70,26 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
                on_result: Callable[[TrackResult], None] | None = None,
                on_discovered: Callable[[int], None] | None = None,
                on_skipped: Callable[[int], None] | None = None,
+               on_phase: Callable[[str, str], None] | None = None,
                keep_results: bool = False, engine=None) -> ScanSummary:
     """Scan ``root``: predict every new or changed track, record it in the index and, with
-    ``settings.write_tags``, write its genres. Returns the counts. ``on_result`` sees each track
-    predicted or failed (and on a dry run each cached prediction not yet written, as a skipped result
-    with its labels), ``on_discovered`` how many results to expect (the files discovery will come to, counted
-    in a quick pass of its own before the scan starts; only asked for when given), and ``on_skipped``
-    each number of unchanged tracks the index served, as the scan comes to them (a progress bar's total
-    shrinks by it). Discovery streams into the scan, so memory does not grow with the library.
+    ``settings.write_tags``, write its genres. Returns the counts.
+
+    ``on_result`` sees exactly one final result per discovered file (and per unreadable folder):
+    predicted, failed, or taken from the index (``source`` says which), in discovery order for those
+    the index serves and as predictions finish for the others. ``on_discovered`` gets how many files
+    discovery will come to (counted in a quick pass of its own before the scan starts; only asked for
+    when given), ``on_skipped`` each number of tracks the index served, as the scan comes to them (a
+    progress bar's total shrinks by it), and ``on_phase`` ``("loading", model_id)`` when the first track
+    to predict waits for the model to load and ``("predicting", model_id)`` once its first prediction is
+    in. Discovery streams
+    into the scan, so memory does not grow with the library.
 
     ``engine`` decides where decoding and inference run (see :mod:`tagger.engine`); by default the
     one ``settings.engine`` names (:func:`make_engine`). Discovery, the index and tag writing always
     stay here."""
     from .index import Index
     from .models.infer import load_classifier
-
     from .tagging.formats import separator_problem
 
     if settings.write_tags and (why := separator_problem(settings.separator)):
@@ -85,7 +105,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
             "scan", root=os.path.abspath(root), model_id=classifier.model_id,
             fingerprint=classifier.fingerprint, options={k: v for k, v in asdict(settings).items()})
         engine = engine or make_engine(classifier, settings)
-        scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results, on_skipped)
+        scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results, on_skipped, on_phase)
         try:
             if on_discovered:
                 on_discovered(count_audio_files(root))
@@ -98,8 +118,9 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
         finally:
             scan.flush()
             summary.seconds = time.perf_counter() - started
-            index.finish_run(summary.run_id, **{k: summary.counts()[k] for k in (
-                "scanned", "skipped", "tagged", "abstained", "failed")}, interrupted=int(summary.interrupted))
+            index.finish_run(summary.run_id, scanned=summary.predicted, skipped=summary.from_index,
+                             tagged=summary.tagged, abstained=summary.abstained, failed=summary.failed,
+                             interrupted=int(summary.interrupted))
     return summary
 
 
@@ -113,23 +134,28 @@ def make_engine(classifier, settings: ScanSettings):
 
 
 class _Scan:
-    """State of one scan: the buffered index rows, the counters and the per-track decisions."""
+    """Carries out one scan: asks :func:`tagger.decide.decide` what to do with each discovered track,
+    does it, and keeps the index rows, the counts and the results in one place (:meth:`_finish`)."""
 
     def __init__(self, index, classifier, engine, settings: ScanSettings, summary: ScanSummary, on_result,
-                 keep_results: bool, on_skipped=None):
+                 keep_results: bool, on_skipped=None, on_phase=None):
         self.index, self.classifier, self.settings, self.summary = index, classifier, settings, summary
         self.engine = engine
         self.on_result = on_result or (lambda result: None)
         self.on_skipped = on_skipped or (lambda count: None)
+        self.on_phase = on_phase or (lambda phase, model_id: None)
+        self.phase = None
         label_map = classifier.label_map
         self.label_map_digest = label_map.digest()
-        self.genre_count = len({label_map.genre(label) for label in classifier.labels
-                                if label_map.kept(label)})  # a complete ranking's length
         self.ranking_kept = max(STORED_RANKING, settings.top_k)
         self.relabelled: list[dict] = []  # genres decided again from the cache, not yet in the index
         self.keep_results = keep_results
         self.min_confidence = (settings.min_confidence if settings.min_confidence is not None
                                else classifier.default_min_confidence)
+        self.rules = Rules(
+            rescan=settings.rescan, write_tags=settings.write_tags and not settings.dry_run,
+            top_k=settings.top_k, min_confidence=self.min_confidence, label_map=self.label_map_digest,
+            genre_count=len({label_map.genre(label) for label in classifier.labels if label_map.kept(label)}))
         self.pending: list[TrackResult] = []
         self.last_flush = time.monotonic()
         self.requeue: list[Track] = []
@@ -137,93 +163,85 @@ class _Scan:
     # -- stages ---------------------------------------------------------------------------------------
     def run(self, tracks: Iterable[Track], requeued: bool = False) -> None:
         for item, probs in self.engine.predictions(self._to_predict(tracks, requeued)):
+            if self.phase != "predicting" and probs is not None:
+                self._enter_phase("predicting")
             self._finish(self._result(item, probs))
 
     def _to_predict(self, tracks: Iterable[Track], requeued: bool) -> Iterator[Track]:
-        """The tracks the cache does not serve, looked up in the index a chunk at a time."""
-        use_cache = requeued or not self.settings.rescan
+        """The tracks to predict, in discovery order; the others are served from the index as they come.
+        Stored predictions are looked up a chunk at a time. A track re-queued after a failed write is
+        looked up again even with --rescan: only a killed scan's own write can have changed it."""
+        rules = replace(self.rules, rescan=False) if requeued else self.rules
         tracks = iter(tracks)
         while chunk := list(itertools.islice(tracks, CACHE_CHUNK)):
             cached = (self.index.cached_predictions([t.path for t in chunk], self.classifier.fingerprint)
-                      if use_cache else {})
-            genres = self._genres_before_pending_writes(cached) if self.settings.dry_run else {}
-            skipped = self.summary.skipped
-            to_predict = [t for t in chunk
-                          if not self._served_from_cache(t, cached.get(path_key(t.path)), genres)]
+                      if not rules.rescan else {})
+            served = 0
+            for track in chunk:
+                decision = decide(track.size, track.mtime_ns, self._row_for(track, cached), rules)
+                if decision.action == PREDICT:
+                    if self.phase is None:
+                        self._enter_phase("loading")
+                    yield track
+                elif self._serve(track, decision):
+                    served += 1
             self._store_relabelled()
-            if self.summary.skipped > skipped:
-                self.on_skipped(self.summary.skipped - skipped)
-            yield from to_predict
+            if served:
+                self.on_skipped(served)
 
-    def _genres_before_pending_writes(self, cached: dict[str, dict]) -> dict[str, list[str]]:
-        """For a dry run: the current genres of the cached tracks that a ``--write-tags`` run might
-        write from the cache (their genres are decided again first), as the index last read them."""
-        pending = [key for key, row in cached.items() if row["status"] in (OK, ABSTAINED)]
-        return self.index.genres(pending) if pending else {}
+    def _enter_phase(self, phase: str) -> None:
+        """Tell the caller the scan moved on: "loading" (a track waits for the model, unless it is
+        loaded already) and "predicting" (the first prediction is in)."""
+        if phase == "loading" and getattr(self.classifier, "loaded", True):
+            phase = "predicting"
+        if phase != self.phase:
+            self.phase = phase
+            self.on_phase(phase, self.classifier.model_id)
+
+    def _row_for(self, track: Track, cached: dict[str, dict]) -> dict | None:
+        """The stored prediction of ``track``, as the decision needs it: a file changed only by the
+        journalled write of a killed scan (:meth:`_completed_interrupted_write`) counts as unchanged and
+        written."""
+        row = cached.get(path_key(track.path))
+        if row and (row["size"], row["mtime_ns"]) != (track.size, track.mtime_ns) \
+                and self._completed_interrupted_write(track):
+            row = {**row, "size": track.size, "mtime_ns": track.mtime_ns, "written": 1}
+        return row
+
+    def _serve(self, track: Track, decision) -> bool:
+        """Carry out a decision to take ``track``'s prediction from the index: store a changed decision,
+        write the genres if asked, and report the track. False if its write found the file changed: it
+        is predicted again instead."""
+        row = decision.row
+        result = TrackResult(track.path, row["status"], labels=json.loads(row["labels"] or "[]"),
+                             scores=json.loads(row["scores"] or "[]"),
+                             ranking=[(label, score) for label, score in json.loads(row["ranking"] or "[]")],
+                             windows=row["windows"] or 0, duration=row["duration"], codec=row["codec"],
+                             error=row["error"], size=track.size, mtime_ns=track.mtime_ns,
+                             tags={"genres": json.loads(row["genres"])} if row["genres"] is not None else None,
+                             source=FROM_INDEX, relabelled=decision.relabelled, pending=decision.pending)
+        if decision.relabelled:
+            self.relabelled.append({"path": row["path"], "status": row["status"], "labels": result.labels,
+                                    "scores": result.scores, "written": 0})
+        if decision.write:
+            self._store_relabelled()  # before the write marks the prediction written
+            self._write(result, fresh=False)
+            if result.status == SKIPPED:  # changed on disk meanwhile: re-queued, predicted again
+                return False
+        self._finish(result)
+        return True
 
     def _result(self, item, probs) -> TrackResult:
         if probs is None:
             return item  # a failure from decoding
         result = describe(item, probs, self.classifier, self.settings.top_k, self.min_confidence)
         result.tags = _read_tags(item.track.path)
-        if self.settings.write_tags and not self.settings.dry_run and result.status == OK:
-            self._write(result)
+        if result.status == OK:
+            if self.rules.write_tags:
+                self._write(result)
+            else:
+                result.pending = (result.tags or {}).get("genres") != result.labels
         return result
-
-    def _served_from_cache(self, track: Track, row: dict | None, genres: dict[str, list[str]]) -> bool:
-        """An unchanged track already predicted by this model (``row``) is skipped (and, if asked,
-        tagged from the cached prediction). On a dry run, a cached prediction not yet written is
-        reported as a skipped result with its labels: it is a change that ``--write-tags`` would make."""
-        if not row:
-            return False
-        if (row["size"], row["mtime_ns"]) != (track.size, track.mtime_ns):
-            if not self._completed_interrupted_write(track):
-                return False
-            row = {**row, "written": 1}
-        row = self._decided_again(row)
-        if row is None:
-            return False
-        self.summary.skipped += 1
-        if row["status"] != OK or row["written"] or not (self.settings.write_tags or self.settings.dry_run):
-            return True
-        result = TrackResult(track.path, OK, labels=json.loads(row["labels"]),
-                             scores=json.loads(row["scores"]), size=track.size, mtime_ns=track.mtime_ns)
-        if self.settings.dry_run:
-            result.status = SKIPPED
-            key = path_key(track.path)
-            result.tags = {"genres": genres[key]} if key in genres else None
-            self.on_result(result)
-            return True
-        self._store_relabelled()  # before the write marks the prediction written
-        self._write(result, fresh=False)
-        if result.written:
-            self.summary.tagged += 1
-        return True
-
-    def _decided_again(self, row: dict) -> dict | None:
-        """A cached prediction with its genres decided again under this scan's ``--top-k`` and
-        ``--min-confidence`` from its stored ranking, so that a rescan with a lower threshold tags the
-        tracks it now clears without predicting anything. A changed decision is stored (and, no longer
-        being what was written, written again by ``--write-tags``). None when the cache cannot decide:
-        the ranking went through another label map, or ``--top-k`` asks for more genres than the index
-        kept; the track is then predicted again."""
-        if row["status"] not in (OK, ABSTAINED):
-            return row
-        if row["label_map"] not in (None, self.label_map_digest):
-            return None
-        ranking = [(label, score) for label, score in json.loads(row["ranking"] or "[]")]
-        if not ranking:  # nothing to decide from
-            return row
-        if self.settings.top_k > len(ranking) < self.genre_count:  # more asked for than was stored
-            return None
-        status, labels, scores = choose_genres(ranking, self.settings.top_k, self.min_confidence)
-        if status == row["status"] and labels == json.loads(row["labels"]):
-            return row
-        self.relabelled.append({"path": row["path"], "status": status, "labels": labels, "scores": scores,
-                                "written": 0})
-        self.summary.relabelled += 1
-        return {**row, "status": status, "labels": json.dumps(labels), "scores": json.dumps(scores),
-                "written": 0}
 
     def _store_relabelled(self) -> None:
         if self.relabelled:
@@ -306,15 +324,22 @@ class _Scan:
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def discovery_failed(self, err: FileError) -> None:
-        self._finish(TrackResult(err.path, FAILED, error=err.reason))
+        self._finish(TrackResult(err.path, FAILED, error=err.reason, source=DISCOVERY))
 
     def _finish(self, result: TrackResult) -> None:
+        """Count, store and report a track's final result. A re-queued one (``skipped``: changed on disk
+        before its write) is neither: it comes back once predicted again."""
+        if result.status == SKIPPED:
+            return
         counts = {OK: "tagged", ABSTAINED: "abstained", FAILED: "failed"}
-        if result.status in counts:
-            self.summary.scanned += 1
-            setattr(self.summary, counts[result.status], getattr(self.summary, counts[result.status]) + 1)
-        if result.status != SKIPPED:
+        setattr(self.summary, counts[result.status], getattr(self.summary, counts[result.status]) + 1)
+        if result.source == FROM_INDEX:
+            self.summary.from_index += 1
+        else:
+            self.summary.predicted += result.source == PREDICTED
             self.pending.append(result)
+        self.summary.relabelled += result.relabelled
+        self.summary.pending += result.pending
         if self.keep_results:
             self.summary.results.append(result)
         self.on_result(result)

@@ -31,12 +31,19 @@ class DecodedTrack:
     codec: str | None = None
 
 
+PREDICTED, FROM_INDEX, DISCOVERY = "predicted", "index", "discovery"
+"""Where a result comes from: this run's prediction, the index (unchanged since), or the walk itself
+(a folder or special file it could not read)."""
+JSON_RANKING = 10
+"""Genres of a track's ranking in its ``--json`` line: as many as the index keeps by default."""
+
+
 @dataclass
 class TrackResult:
     """What the scan concluded about one track; rows of the index and lines of ``--json`` come from it."""
 
     path: str
-    status: str  # ok | abstained | failed | skipped
+    status: str  # ok | abstained | failed | skipped (to be predicted again: not a final result)
     labels: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     ranking: list[tuple[str, float]] = field(default_factory=list)  # every mapped label, best first
@@ -48,13 +55,20 @@ class TrackResult:
     size: int | None = None
     mtime_ns: int | None = None
     tags: dict | None = None  # genres/artist/album/title read from the file before any write
-    written: bool = False
+    written: bool = False  # this run wrote the genres into the file
+    pending: bool = False  # genres the file does not hold yet, on a run that does not write them
     retry: bool = False  # a failure the next scan tries again (a decode that timed out), not one it skips
+    source: str = PREDICTED  # predicted by this run, or unchanged since and taken FROM_INDEX
+    relabelled: bool = False  # from the index, its genres decided again differently under this run's rules
 
     def as_json(self) -> dict:
-        """The ``--json`` line for this track."""
+        """The ``--json`` line for this track (schema: docs/json-output.md)."""
         return {
-            "path": self.path, "status": self.status, "labels": self.labels,
-            "scores": [round(s, 6) for s in self.scores], "windows": self.windows,
-            "duration": self.duration, "error": self.error,
+            "path": self.path, "status": self.status, "source": self.source,
+            "labels": self.labels, "scores": [round(s, 6) for s in self.scores],
+            "ranking": [{"label": label, "score": round(float(score), 6)}
+                        for label, score in self.ranking[:JSON_RANKING]],
+            "genres_in_file": (self.tags or {}).get("genres"), "written": self.written,
+            "pending": self.pending, "relabelled": self.relabelled, "windows": self.windows,
+            "duration": self.duration, "codec": self.codec, "error": self.error,
         }

@@ -51,8 +51,9 @@ NOT_SCANNED = "skipped-by-discovery"
 """Never becomes a track (not an audio name, genretag's own temp file): no index row, file unchanged."""
 
 GENRETAG = str(Path(sys.executable).with_name("genretag"))
-SUMMARY_RE = re.compile(r"Scanned (\d+), skipped \(unchanged\) (\d+), tagged (\d+), abstained (\d+), "
-                        r"failed (\d+)(?:, written (\d+))?")
+SUMMARY_RE = re.compile(r"[\d,]+ tracks: (?P<tagged>[\d,]+) tagged, (?P<abstained>[\d,]+) abstained, "
+                        r"(?P<failed>[\d,]+) failed\. This run predicted (?P<scanned>[\d,]+) and took "
+                        r"(?P<skipped>[\d,]+) unchanged from the index(?:[^.;]*; wrote (?P<written>[\d,]+) files)?")
 
 
 @dataclass(frozen=True)
@@ -771,8 +772,7 @@ def read_run(db: Path, returncode: int, seconds: float, stderr: bytes) -> ScanRu
     """The index rows of the last scan run in ``db``. stderr is decoded the way Python wrote it."""
     text = stderr.decode("utf-8", "backslashreplace")
     match = SUMMARY_RE.search(text)
-    keys = ("scanned", "skipped", "tagged", "abstained", "failed", "written")
-    summary = {k: int(v) for k, v in zip(keys, match.groups()) if v is not None} if match else {}
+    summary = {k: int(v.replace(",", "")) for k, v in match.groupdict().items() if v is not None} if match else {}
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     try:
@@ -783,7 +783,7 @@ def read_run(db: Path, returncode: int, seconds: float, stderr: bytes) -> ScanRu
     finally:
         conn.close()
     return ScanRun(returncode, seconds, text, summary, run["id"], rows,
-                   {k: run[k] or 0 for k in keys if k in run})
+                   {k: run[k] or 0 for k in ("scanned", "skipped", "tagged", "abstained", "failed") if k in run})
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -905,9 +905,11 @@ def count_problems(scan: ScanRun) -> list[str]:
     if not scan.summary:
         return ["no summary line on stderr"]
     by_status = Counter(row["status"] for row in scan.rows.values())
-    from_rows = {"scanned": len(scan.rows), "tagged": by_status["ok"], "abstained": by_status["abstained"],
+    from_rows = {"tagged": by_status["ok"], "abstained": by_status["abstained"],
                  "failed": by_status["failed"], "written": sum(bool(r["written"]) for r in scan.rows.values())}
     problems = []
+    if scan.summary.get("skipped") == 0 and scan.summary.get("scanned", 0) > len(scan.rows):
+        problems.append(f"summary says {scan.summary['scanned']} predicted, the index has {len(scan.rows)} rows")
     for key, value in from_rows.items():
         if scan.summary.get(key) != value:
             problems.append(f"summary says {key} {scan.summary.get(key)}, the index rows {value}")

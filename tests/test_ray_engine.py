@@ -100,7 +100,7 @@ def test_a_second_scan_skips_unchanged_files_and_predicts_a_touched_one(library,
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     third = scan(library, tmp_path, tiny_wav2vec2)
     assert (third.scanned, third.skipped) == (1, TRACKS - 1)
-    assert [r.path for r in third.results if r.status != "skipped"] == [str(touched)]
+    assert [r.path for r in third.results if r.source == "predicted"] == [str(touched)]
     assert indexed(tmp_path / "index.db")[str(touched)]["mtime_ns"] == st.st_mtime_ns + 10**9
 
 
@@ -120,7 +120,8 @@ def test_bad_files_fail_alone_and_odd_names_pass(library, tmp_path, tiny_wav2vec
     assert set(failed) == {"empty.mp3", "notes.flac"} and all(failed.values())
     assert failed["empty.mp3"] == "empty file (0 bytes)"
     assert (lines[odd]["status"], lines[odd]["windows"]) == ("ok", 3)
-    summary = f"Scanned {TRACKS + 3}, skipped (unchanged) 0, tagged {TRACKS + 1}, abstained 0, failed 2 in "
+    summary = (f"{TRACKS + 3} tracks: {TRACKS + 1} tagged, 0 abstained, 2 failed. This run predicted {TRACKS + 3} "
+               "and took 0 unchanged from the index")
     assert summary in result.stderr
     index = indexed(tmp_path / "i.db")
     assert {Path(p).name: r["error"] for p, r in index.items() if r["status"] == "failed"} == failed
@@ -167,7 +168,8 @@ def test_real_subprocess_joins_the_running_cluster(mixed_library_src, tmp_path, 
                            "--model", str(tiny_wav2vec2), "--min-confidence", "0"],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.startswith("Scanned 2, skipped (unchanged) 0, tagged 2, abstained 0, failed 0 in ")
+    assert proc.stderr.startswith("2 tracks: 2 tagged, 0 abstained, 0 failed. This run predicted 2 and took 0 "
+                                  "unchanged from the index")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # no Ray log lines around it
     assert len(rows(tmp_path / "sub.db", "select * from predictions")) == 2
 

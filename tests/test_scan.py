@@ -113,12 +113,12 @@ def test_a_rescan_with_nothing_to_predict_never_loads_the_model(library, tmp_pat
     run = [sys.executable, "-c", code, str(library), "--model", model, "--db", str(db), "--min-confidence", "0"]
     proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
-    assert f"Scanned 0, skipped (unchanged) {TRACKS}," in proc.stderr
+    assert f"This run predicted 0 and took {TRACKS} unchanged from the index" in proc.stderr
     touched = next(library.rglob("*.ogg"))
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "torch" in proc.stdout, proc.stdout + proc.stderr
-    assert f"Scanned 1, skipped (unchanged) {TRACKS - 1}," in proc.stderr
+    assert f"This run predicted 1 and took {TRACKS - 1} unchanged from the index" in proc.stderr
 
 
 def test_a_checkpoint_replaced_after_the_scan_started_is_refused(library, tmp_path, tiny_wav2vec2):
@@ -205,7 +205,7 @@ def test_a_second_dry_run_still_shows_the_changes_the_first_one_planned(library,
 
     table = runner.invoke(cli, args, catch_exceptions=False, env={"COLUMNS": "300"})
     assert table.exit_code == 0, table.output
-    assert "skipped (unchanged) 8" in table.output and "Scanned 0" in table.output
+    assert "This run predicted 0 and took 8 unchanged from the index" in table.output
     assert "Planned tag changes" in table.stdout
     assert f"{TRACKS} of them predicted by an earlier scan" in table.stdout
     rows_shown = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "│" in line}
@@ -217,7 +217,8 @@ def test_a_second_dry_run_still_shows_the_changes_the_first_one_planned(library,
     as_json = runner.invoke(cli, args + ["--json"], catch_exceptions=False)
     lines = [json.loads(line) for line in as_json.stdout.splitlines() if line.startswith("{")]
     assert {line["path"]: line["labels"] for line in lines} == planned
-    assert {line["status"] for line in lines} == {"skipped"}
+    assert {(line["status"], line["source"], line["pending"]) for line in lines} == {("ok", "index", True)}
+    assert all(line["windows"] and line["duration"] and line["ranking"] for line in lines)
     assert snapshot(library) == before
 
     written = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(db), write_tags=True,
@@ -225,7 +226,8 @@ def test_a_second_dry_run_still_shows_the_changes_the_first_one_planned(library,
     assert written.written == TRACKS
     after = runner.invoke(cli, args, catch_exceptions=False)
     assert "No tag changes planned" in after.stdout and "│" not in after.stdout
-    assert not [line for line in runner.invoke(cli, args + ["--json"]).stdout.splitlines() if line]
+    lines = [json.loads(line) for line in runner.invoke(cli, args + ["--json"]).stdout.splitlines() if line]
+    assert len(lines) == TRACKS and not any(line["pending"] for line in lines)  # one line per file, always
 
 
 def test_a_rescan_decides_cached_genres_again_under_its_own_threshold_and_top_k(library, tmp_path,
@@ -445,7 +447,7 @@ def test_bad_files_are_reported_and_the_scan_goes_on(library, tmp_path, tiny_wav
     failed = {Path(x["path"]).name: x["error"] for x in lines if x["status"] == "failed"}
     assert set(failed) == {"broken.mp3", "empty.flac"} and all(failed.values())
     assert f"error: {library / 'broken.mp3'}: " in result.stderr
-    assert "failed 2" in result.stderr
+    assert "2 failed" in result.stderr
     db_failed = rows(tmp_path / "i.db", "select path, error from tracks where status = 'failed'")
     assert {Path(r["path"]).name for r in db_failed} == {"broken.mp3", "empty.flac"}
 
@@ -485,7 +487,7 @@ def test_real_subprocess(library, tmp_path, tiny_wav2vec2):
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == TRACKS and all(x["status"] == "ok" for x in lines)
-    assert f"Scanned {TRACKS}" in proc.stderr
+    assert f"This run predicted {TRACKS} and took 0 unchanged" in proc.stderr
     assert len(rows(tmp_path / "sub.db", "select * from predictions")) == TRACKS
 
 
@@ -520,10 +522,9 @@ def test_a_file_changed_before_its_write_is_not_written_but_predicted_again(libr
                          classifier=classifier, keep_results=True)
     assert summary.requeued == 1
     assert summary.written == TRACKS
-    skipped = [r for r in summary.results if r.status == "skipped"]
-    assert [r.path for r in skipped] == [str(target)] and "changed on disk" in skipped[0].error
-    final = [r for r in summary.results if r.path == str(target) and r.written]
-    assert len(final) == 1 and mutagen_genres(target) == final[0].labels
+    assert len(summary.results) == TRACKS and summary.predicted == TRACKS  # one final result per file
+    final = [r for r in summary.results if r.path == str(target)]
+    assert len(final) == 1 and final[0].written and mutagen_genres(target) == final[0].labels
 
 
 class Crash(BaseException):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import click
 from rich.console import Console
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
     TimeRemainingColumn
 from rich.table import Table
 
-from ..records import ABSTAINED, FAILED, OK, SKIPPED
+from ..records import ABSTAINED, FAILED, FROM_INDEX, OK, PREDICTED
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLANNED_TABLE_ROWS = 1000
@@ -29,7 +30,12 @@ def shown_path(path: str) -> str:
     (``\\n``), so a name holding a newline still makes one line."""
     from ..index import path_key
 
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], path_key(path))
+    return shown_text(path_key(path))
+
+
+def shown_text(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``), for one terminal line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def progress_bar(console: Console, name: str, *extra: TextColumn) -> Progress:
@@ -62,11 +68,13 @@ class ScanView(_LiveView):
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self.shows_progress = self.err.is_terminal  # else the bar's total is not worth a counting pass
-        self.progress = progress_bar(self.err, "scan", TextColumn("{task.fields[rate]} tracks/s"))
-        self.task = self.progress.add_task("scan", total=None, rate="–")
+        self.progress = progress_bar(self.err, "scan", TextColumn("{task.fields[rate]}"),
+                                     TextColumn("{task.fields[status]}"))
+        self.task = self.progress.add_task("scan", total=None, rate="", status="reading the index…")
         self.planned: list[tuple[str, str, str, str]] = []  # the first PLANNED_TABLE_ROWS of them
         self.planned_count = 0
         self.from_index = 0  # planned changes predicted by an earlier scan
+        self.rate = PredictionRate()
 
     def discovered(self, total: int) -> None:
         self.progress.update(self.task, total=total)
@@ -77,20 +85,26 @@ class ScanView(_LiveView):
         if total is not None:
             self.progress.update(self.task, total=max(0, total - count))
 
+    def phase(self, phase: str, model_id: str) -> None:
+        """The model is loading (a first track waits for it), or predictions have started."""
+        status = f"loading model {model_id}…" if phase == "loading" else ""
+        self.progress.update(self.task, status=escape(shown_text(status)))
+
     def result(self, result) -> None:
-        if result.status != SKIPPED:  # skipped: counted by skipped(), or to be predicted again
+        if result.source != FROM_INDEX:  # those from the index are counted by skipped()
             self.progress.advance(self.task)
-        speed = self.progress.tasks[0].speed
-        self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
+        if result.source == PREDICTED:
+            self.rate.add()
+        self.progress.update(self.task, rate=self.rate.text())
         if result.status == FAILED:
             self.err.print(f"[red]error:[/] {escape(shown_path(result.path))}: "
                            f"{escape(result.error or 'failed')}")
         if self.as_json:
-            if result.status != SKIPPED or result.error or result.labels:
-                click.echo(json.dumps(result.as_json()))
+            click.echo(json.dumps(result.as_json()))
             return
-        if self.settings.dry_run and (result.status in (OK, ABSTAINED) or result.labels):
-            if result.status == SKIPPED:  # unchanged since an earlier scan predicted it, never written
+        planned = result.pending or (result.source == PREDICTED and result.status in (OK, ABSTAINED))
+        if self.settings.dry_run and planned:
+            if result.source == FROM_INDEX:  # unchanged since an earlier scan predicted it, never written
                 self.from_index += 1
             self.planned_count += 1
             if len(self.planned) < PLANNED_TABLE_ROWS:
@@ -105,15 +119,7 @@ class ScanView(_LiveView):
         self.progress.stop()
         if self.settings.dry_run and not self.as_json:
             self._planned_table()
-        line = (f"Scanned {summary.scanned}, skipped (unchanged) {summary.skipped}, tagged {summary.tagged}, "
-                f"abstained {summary.abstained}, failed {summary.failed}")
-        if self.settings.write_tags:
-            line += f", written {summary.written}"
-        if summary.requeued:
-            line += f", re-queued {summary.requeued}"
-        if summary.relabelled:
-            line += f", relabelled from the index {summary.relabelled}"
-        self.err.print(f"{line} in {summary.seconds:.1f} s (model {summary.model_id}, run {summary.run_id}).")
+        self.err.print(summary_line(summary, self.settings))
 
     def _planned_table(self) -> None:
         if not self.planned:
@@ -168,16 +174,72 @@ def _planned_row(result) -> tuple[str, str, str, str]:
     return shown_path(result.path), current, new, ", ".join(f"{s:.2f}" for s in scores)
 
 
+def run_mode(run: dict) -> str:
+    """What a run was asked to do with the files: ``write`` (--write-tags), ``dry run``, ``predict``
+    (index only), or ``undo``."""
+    if run["command"] != "scan":
+        return run["command"]
+    try:
+        options = json.loads(run.get("options") or "{}")
+    except ValueError:
+        options = {}
+    if options.get("dry_run"):
+        return "dry run"
+    return "write" if options.get("write_tags") else "predict"
+
+
 def history_table(runs: list[dict], writes: dict[int, int]) -> None:
     import datetime as dt
 
     table = Table(title="genretag runs")
-    for name in ("run", "command", "started", "model", "scanned", "tagged", "abstained", "failed",
-                 "tag writes", "restored"):
+    for name in ("run", "command", "mode", "started", "model", "predicted", "from index", "tagged", "abstained",
+                 "failed", "files written", "restored"):
         table.add_column(name)
     for run in runs:
         started = dt.datetime.fromtimestamp(run["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(run["id"]), run["command"], started, run.get("model_id") or "",
-                      *(str(run.get(k) or 0) for k in ("scanned", "tagged", "abstained", "failed")),
+        table.add_row(str(run["id"]), run["command"], run_mode(run), started,
+                      escape(shown_text(run.get("model_id") or "")),
+                      *(str(run.get(k) or 0) for k in ("scanned", "skipped", "tagged", "abstained", "failed")),
                       str(writes.get(run["id"], 0)), str(run.get("restored") or 0))
     Console(highlight=False).print(table)
+
+
+class PredictionRate:
+    """Tracks predicted per second, counted from the first prediction: the model's loading and the
+    tracks the index serves would make the first figures meaningless."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.first: float | None = None
+        self.count = 0
+
+    def add(self) -> None:
+        if self.first is None:
+            self.first = self.clock()
+        self.count += 1
+
+    def per_second(self) -> float | None:
+        elapsed = self.clock() - self.first if self.first is not None else 0.0
+        return (self.count - 1) / elapsed if self.count > 1 and elapsed > 0 else None
+
+    def text(self) -> str:
+        rate = self.per_second()
+        return f"{rate:.2f} tracks/s" if rate is not None else ""
+
+
+def summary_line(summary, settings) -> str:
+    """The scan's last line: the library as the scan leaves it, then what this run did."""
+    total = summary.tagged + summary.abstained + summary.failed
+    line = (f"{total:,} tracks: {summary.tagged:,} tagged, {summary.abstained:,} abstained, "
+            f"{summary.failed:,} failed. This run predicted {summary.predicted:,} and took "
+            f"{summary.from_index:,} unchanged from the index")
+    if summary.relabelled:
+        line += f" ({summary.relabelled:,} relabelled under this run's threshold)"
+    if settings.write_tags and not settings.dry_run:
+        line += f"; wrote {summary.written:,} files"
+    elif summary.pending:
+        line += (f"; {summary.pending:,} tag changes pending"
+                 + (" (dry run: no file was touched)" if settings.dry_run else " (--write-tags makes them)"))
+    if summary.requeued:
+        line += f"; {summary.requeued:,} changed on disk before their write and were predicted again"
+    return f"{line}. {summary.seconds:.1f} s (model {summary.model_id}, run {summary.run_id})."

@@ -1,0 +1,84 @@
+"""What a scan does with each discovered track, given what the index knows of it: a pure decision.
+
+:func:`decide` looks at a track's stat, the index's stored prediction for it (a row of
+:meth:`tagger.index.Index.cached_predictions`) and the scan's rules, and answers one of:
+
+* **predict** — no stored prediction by this model, the file changed (size or mtime), ``--rescan``,
+  a different label map, or ``--top-k`` asking for more genres than the index kept;
+* **from the index** — the stored prediction stands. Its genres are decided again from the stored
+  ranking under this scan's ``--top-k`` and thresholds (*relabelled* when that changes them), and then:
+  *write* them now (``--write-tags`` and the file does not hold them yet), leave them *pending* (genres
+  the file does not hold, on a run that does not write), or nothing (written before, abstained, failed).
+
+Nothing here reads a file or the index; :class:`tagger.pipeline._Scan` carries decisions out, so the
+counts and the ``--json`` lines of every path come from one place.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .aggregate import choose_genres
+from .records import ABSTAINED, OK
+
+PREDICT = "predict"
+FROM_INDEX = "index"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The settings of a scan that decide what happens to an unchanged track."""
+
+    rescan: bool
+    write_tags: bool  # --write-tags without --dry-run
+    top_k: int
+    min_confidence: float
+    label_map: str  # digest of the scan's label map
+    genre_count: int  # how many genres a complete ranking holds under that map
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # PREDICT or FROM_INDEX
+    row: dict | None = None  # the stored prediction, its genres decided again under the rules
+    # (``genres``, when present, is what the file's tags held when the index last read them)
+    relabelled: bool = False  # the decided genres differ from the stored ones
+    write: bool = False  # write the genres into the file now
+    pending: bool = False  # genres the file does not hold, on a run that does not write them
+
+
+def decide(size: int, mtime_ns: int, row: dict | None, rules: Rules) -> Decision:
+    """The decision for a track whose file has this ``size`` and ``mtime_ns``; ``row`` is the index's
+    prediction for it by the scan's model (None if there is none)."""
+    if rules.rescan or row is None or (row["size"], row["mtime_ns"]) != (size, mtime_ns):
+        return Decision(PREDICT)
+    decided = decided_again(row, rules)
+    if decided is None:
+        return Decision(PREDICT)
+    relabelled = (decided["status"], decided["labels"]) != (row["status"], row["labels"])
+    if decided["status"] != OK or decided["written"]:
+        return Decision(FROM_INDEX, decided, relabelled)
+    in_file = row.get("genres") is not None and json.loads(row["genres"]) == json.loads(decided["labels"])
+    return Decision(FROM_INDEX, decided, relabelled, write=rules.write_tags,
+                    pending=not rules.write_tags and not in_file)
+
+
+def decided_again(row: dict, rules: Rules) -> dict | None:
+    """``row`` with its status, labels and scores decided again from its stored ranking under the
+    rules' ``top_k`` and threshold, ``written`` cleared when that changes them (the file then does not
+    hold them). None when the index cannot decide: the ranking went through another label map, or
+    ``top_k`` asks for more genres than were stored; the track is then predicted again. Failures, and
+    rows without a ranking, stand as stored."""
+    if row["status"] not in (OK, ABSTAINED):
+        return row
+    if row["label_map"] not in (None, rules.label_map):
+        return None
+    ranking = [(label, score) for label, score in json.loads(row["ranking"] or "[]")]
+    if not ranking:
+        return row
+    if rules.top_k > len(ranking) < rules.genre_count:  # more asked for than was stored
+        return None
+    status, labels, scores = choose_genres(ranking, rules.top_k, rules.min_confidence)
+    if status == row["status"] and labels == json.loads(row["labels"]):
+        return row
+    return {**row, "status": status, "labels": json.dumps(labels), "scores": json.dumps(scores), "written": 0}
