@@ -2,13 +2,14 @@
 
     python bench/exiftool_check.py [--corpus ../shared/corpus/mutagen-data]
 
-Writes two genres into a fresh file of every format genretag tags (and into every taggable file of the
-mutagen corpus, if given), then asks ExifTool what genre it sees. Prints one line per file and the
-totals; exits non-zero if ExifTool reports anything but the written genres.
+Writes three genres into a fresh file of every format genretag tags (and into every taggable file of the
+mutagen corpus, if given), then asks ExifTool which genres it sees, and in which order. Prints one line per
+file and the totals; exits non-zero if ExifTool reports anything but the written genres in the written order.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -16,32 +17,47 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tagger import tags  # noqa: E402
+from tagger.tagging import tags  # noqa: E402
 from tagger.errors import GenretagError  # noqa: E402
+from tagger.tagging.formats import V1_GENRES, v1_code  # noqa: E402
 from tests.audio_fixtures import make_audio  # noqa: E402
 
 FRESH = [("mp3-v23.mp3", {"id3_version": 3}), ("mp3-v24-v1.mp3", {"with_id3v1": True}), ("x.flac", {}),
          ("x.ogg", {}), ("x.opus", {}), ("x.oga", {}), ("x.spx", {}), ("x.m4a", {}),
          ("alac.m4a", {"codec": "alac"}), ("x.wav", {}), ("info.wav", {"tags": {"genre": "Old"}}),
          ("x.aiff", {}), ("x.wma", {}), ("x.wv", {})]
-GENRES = ["Shoegaze", "Dream Pop"]
+GENRES = ["Shoegaze", "Dream Pop", "Ambient"]  # no name holds another or a separator
 
 
-def exif_genre(path: Path) -> list[str] | None:
-    """Every genre value ExifTool reads (duplicates included), or None if it reads no tags at all."""
+def exif_genre(path: Path) -> list[tuple[str, str]] | None:
+    """Every (tag group, genre value) ExifTool reads, in its order, or None if it reads no tags at all."""
     out = subprocess.run(["exiftool", "-a", "-G1", "-s", "-Genre", "-Title", str(path)],
                          capture_output=True, text=True, errors="surrogateescape").stdout
-    lines = [line.split(":", 1) for line in out.splitlines() if ":" in line]
-    genres = [value.strip() for key, value in lines if key.split()[-1] == "Genre"]
-    return genres if genres or any(key.split()[-1] == "Title" for key, _ in lines) else None
+    lines = [re.fullmatch(r"\[(\w+)\]\s+(\w+)\s*: (.*)", line) for line in out.splitlines()]
+    lines = [m for m in lines if m]
+    genres = [(m[1], m[3]) for m in lines if m[2] == "Genre"]
+    return genres if genres or any(m[2] == "Title" for m in lines) else None
 
 
-def matches(seen: list[str]) -> bool:
-    """ExifTool shows the new genres and nothing else: one field per value, or joined in one field (ExifTool
-    joins with "/", genretag's ID3v2.3 with "; ", APEv2 separates values with NUL); an ID3v1 field, which
-    holds one genre, shows the first."""
-    pieces = {part.strip() for value in seen for part in value.replace("/", ";").replace("\0", ";").split(";")}
-    return bool(seen) and pieces == set(GENRES)
+def shown(value: str) -> list[str] | None:
+    """The written genres in the order ``value`` shows them, or None if it holds anything else. Values are
+    one per field or joined in one (ExifTool joins ID3v2.4 values with "/", genretag's ID3v2.3 and RIFF
+    INFO with "; "; ExifTool drops the NULs between APEv2 values)."""
+    pattern = "|".join(re.escape(g) for g in sorted(GENRES, key=len, reverse=True))
+    return re.findall(pattern, value) if re.sub(pattern, "", value).strip(" ;/\0") == "" else None
+
+
+def matches(seen: list[tuple[str, str]]) -> bool:
+    """Each tag ExifTool shows holds the new genres in the written order and nothing else; an ID3v1 tag,
+    which holds one genre, holds the first one that has an ID3v1 code."""
+    groups: dict[str, list[str]] = {}
+    for group, value in seen:
+        names = shown(value)
+        if names is None:
+            return False
+        groups.setdefault(group, []).extend(names)
+    v1 = [V1_GENRES[v1_code(GENRES)]]
+    return bool(groups) and all(names == (v1 if group == "ID3v1" else GENRES) for group, names in groups.items())
 
 
 def main() -> None:
@@ -77,7 +93,7 @@ def main() -> None:
             checked += 1
             ok = matches(seen)
             bad += not ok
-            print(f"{'ok ' if ok else 'BAD'}  {path.name:45} exiftool: {seen}")
+            print(f"{'ok ' if ok else 'BAD'}  {path.name:45} exiftool: {[f'{g}: {v}' for g, v in seen]}")
     print(f"{checked} files written and read back with ExifTool, {bad} disagreeing")
     sys.exit(1 if bad else 0)
 

@@ -27,6 +27,7 @@ from mutagen.aiff import AIFF
 from mutagen.aiff import delete as aiff_delete
 from mutagen.apev2 import APENoHeaderError, APEv2, APEv2File, _APEv2Data
 from mutagen.asf import ASF
+from mutagen.asf._objects import ExtendedContentDescriptionObject, HeaderExtensionObject  # no public name
 from mutagen.dsdiff import DSDIFF
 from mutagen.dsf import DSF
 from mutagen.flac import FLAC
@@ -730,6 +731,16 @@ class Mp4Handler(Handler):
 
 
 class AsfHandler(Handler):
+    """WMA/ASF: repeated ``WM/Genre`` attributes.
+
+    mutagen (like TagLib) stores the first value of an attribute in the Extended Content Description object
+    and the others in the Metadata Library inside the Header Extension object. Files made by FFmpeg (and
+    most WMA files seen) hold the Header Extension first, and TagLib and ExifTool list values in file order,
+    so they showed the primary genre last. A write therefore moves the Extended Content Description in front
+    of the Header Extension (real files hold the header objects in any order): every reader that lists
+    several values then shows mutagen's order. FFmpeg keeps a single WM/Genre, the last one in the file, so
+    it shows the last genre; no layout can put the primary first for FFmpeg and the others alike."""
+
     writable = True
     KEYS = (GENRE_KEYS["ASF"]["genre"], GENRE_KEYS["ASF"]["provenance"])
 
@@ -751,12 +762,28 @@ class AsfHandler(Handler):
                 del mf.tags[key]
             if target.get(key):
                 mf.tags[key] = list(target[key])
+        _content_description_first(mf)
         self._call(mf.save)
 
     def _summary(self):
         tags = self.mf.tags
         return {"artist": self._text(tags, "Author"), "album": self._text(tags, "WM/AlbumTitle"),
                 "title": self._text(tags, "Title")}
+
+
+def _content_description_first(mf: ASF) -> None:
+    """Put the Extended Content Description object (added if missing: mutagen would append it last) in
+    front of the Header Extension object, so that readers in file order meet each attribute's first value
+    before its others (see :class:`AsfHandler`)."""
+    objects = mf._header.objects
+    extension = mf._header.get_child(HeaderExtensionObject.GUID)
+    described = mf._header.get_child(ExtendedContentDescriptionObject.GUID)
+    if described is None:
+        described = ExtendedContentDescriptionObject()
+        objects.append(described)
+    if extension is not None and objects.index(extension) < objects.index(described):
+        objects.remove(described)
+        objects.insert(objects.index(extension), described)
 
 
 class ApeHandler(Handler):
