@@ -6,7 +6,6 @@ resumable.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import fields
 
@@ -36,6 +35,14 @@ def _check_separator(ctx, param, value):
     if problem:
         raise click.BadParameter(f"{value!r}: {problem}")
     return value
+
+
+def _fail(err: Exception) -> click.ClickException:
+    """A library error as the command's one-line error, with what it names escaped (see
+    :mod:`tagger.reporting.safe`): a path or label there can hold escape sequences too."""
+    from .reporting.safe import escape_controls
+
+    return click.ClickException(escape_controls(str(err)))
 
 
 def db_option(fn):
@@ -96,7 +103,7 @@ def scan(path, as_json, **options):
         view.interrupted()
         sys.exit(EXIT_INTERRUPTED)
     except GenretagError as err:
-        raise click.ClickException(str(err)) from None
+        raise _fail(err) from None
     view.finish(summary)
     if summary.failed:
         sys.exit(EXIT_FILES_FAILED)
@@ -129,7 +136,7 @@ def undo(paths, run_id, force, keep_mtime, db):
                    "restore the others.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except GenretagError as err:
-        raise click.ClickException(str(err)) from None
+        raise _fail(err) from None
     if not summary.restored and not summary.failed:
         if summary.undone_by is not None:
             click.echo(f"Nothing to undo: the last run that wrote tags (run {summary.last_run}) was undone "
@@ -148,6 +155,7 @@ def undo(paths, run_id, force, keep_mtime, db):
 def history(db, as_json):
     """List the runs recorded in the index, newest first, with what each one did."""
     from .index import Index
+    from .reporting.safe import dumps
     from .reporting.views import history_table
 
     with Index(ScanSettings(db=db).db_path()) as index:
@@ -155,7 +163,7 @@ def history(db, as_json):
         writes = {row["run_id"]: row["n"] for row in index.db.query(
             "select run_id, count(*) as n from tag_writes group by run_id")}
     if as_json:
-        click.echo(json.dumps([{**r, "writes": writes.get(r["id"], 0)} for r in runs], indent=2))
+        click.echo(dumps([{**r, "writes": writes.get(r["id"], 0)} for r in runs], indent=2, ensure_ascii=True))
     else:
         history_table(runs, writes)
 

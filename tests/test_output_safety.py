@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -29,6 +30,8 @@ from tagger.cli import cli
 from tagger.labels import LabelMapError, load_label_map, parse_label_map
 from tests.audio_fixtures import have_encoder, make_audio
 from tests.models import make_tiny_wav2vec2
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLEAR = "\x1b[2J"                                              # clear screen
 TITLE = "\x1b]0;pwned\x07"                                     # set the window title
@@ -312,6 +315,35 @@ def test_html_shows_the_hostile_text_as_text(hostile, by):
     assert "</script" not in parsed.script["tracks-data"] and "<!--" not in parsed.script["tracks-data"]
 
 
+def report_html_check():
+    """bench/report_html_check.py, for its headless-Chromium runner."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report_html_check", REPO / "bench" / "report_html_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs chromium (apt-get install -y chromium)")
+@pytest.mark.parametrize("by", ["genre", "artist"])
+def test_html_in_a_browser_draws_the_hostile_text_as_text(hostile, by):
+    """The page's own script builds the track table from the embedded data: in the DOM Chromium ends
+    with, the hostile names are text in the table and no element came from them."""
+    lib = hostile[0]
+    proc = report_html_check().chromium("--virtual-time-budget=10000", "--dump-dom",
+                                        (lib.parent / f"report-{by}.html").as_uri())
+    assert proc.returncode == 0 and "<html" in proc.stdout, proc.stderr[-2000:]
+    assert_safe(proc.stdout)
+    parsed = Elements()
+    parsed.feed(proc.stdout)
+    assert parsed.tags <= PAGE_TAGS and parsed.attrs <= PAGE_ATTRS | {"data-rendered"}
+    assert 'data-rendered="6"' in proc.stdout  # every track drawn by the script
+    text = "".join(parsed.text)
+    assert all(escaped(str(lib / name)) in text for name in FILES)
+    assert escaped(SCRIPT_BREAK) in text and escaped(FILES[f"clear{CLEAR}.flac"]["artist"]) in text
+
+
 # -- a real terminal: the commands as processes, rich told it writes to one --------------------------------
 
 RICH_OWN = re.compile(r"\x1b\[[0-9;]*m|\x1b\[\?25[lh]|\x1b\[2K|\x1b\[\d*A|\r")
@@ -333,6 +365,28 @@ def test_a_terminal_gets_only_the_sequences_rich_writes(hostile, command):
     both = proc.stdout + proc.stderr
     assert "\x1b[" in both  # rich did style its output as for a terminal
     assert_safe(RICH_OWN.sub("", both))
+
+
+def test_evaluate_names_genres_and_clips_escaped(hostile, tmp_path):
+    """`genretag evaluate` on <genre>/ folders named like the model's labels, one clip unreadable: the
+    notes, the skipped clip and the metrics table all name them."""
+    from training.cli import evaluate
+
+    model = hostile[2]
+    data = tmp_path / f"data{TITLE}"
+    for i, label in enumerate(LABELS[:3]):  # the fourth holds a "/"
+        for j in range(3):
+            make_audio(data / label / f"clip{j}{CLEAR}.wav", seconds=1.0, freq=220.0 * (i + 1) + 10 * j,
+                       sample_rate=16000, channels=1)
+    (data / LABELS[0] / f"broken{CLEAR}{NAME_MARKUP}.wav").write_bytes(b"not audio")
+    (data / f"loose{RLO}.wav").write_bytes(b"no label folder")
+    result = CliRunner().invoke(evaluate, [str(model), str(data), "--split", "random", "--part", "all"],
+                                env={"COLUMNS": "300"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert_safe(result.output)
+    assert all(escaped(label) in result.output for label in LABELS[:3])  # the metrics table
+    assert escaped(f"broken{CLEAR}{NAME_MARKUP}.wav") in result.output  # skipped
+    assert escaped(str(data)) in result.output  # the note on the loose file
 
 
 # -- errors at the command line's boundary ------------------------------------------------------------------

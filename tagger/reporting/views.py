@@ -4,19 +4,16 @@ Progress and messages go to stderr, so ``--json`` output on stdout stays machine
 """
 from __future__ import annotations
 
-import json
-import re
-
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..records import ABSTAINED, FAILED, OK, SKIPPED
+from .safe import dumps, escape_controls, rich_text, shown
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLANNED_TABLE_ROWS = 1000
 """A dry run's table shows at most this many planned changes. A first dry run of a library plans one
 for every track, and rich lays a table out whole: 50,000 rows took 28 s and 200 MiB to print on a
@@ -26,18 +23,20 @@ for every track, and rich lays a table out whole: 50,000 rows took 28 s and 200 
 def shown_path(path: str) -> str:
     """``path`` as the terminal shows it: named as the index stores it (bytes that are not UTF-8 as
     ``\\xNN``, so an error line, ``report`` and ``show`` agree), with control characters escaped
-    (``\\n``), so a name holding a newline still makes one line."""
+    (``\\n``, ``\\x1b``: see :mod:`tagger.reporting.safe`), so a name holding a newline still makes one
+    line and one holding an escape sequence cannot drive the terminal."""
     from ..index import path_key
 
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], path_key(path))
+    return escape_controls(path_key(path))
 
 
 def progress_bar(console: Console, name: str, *extra: TextColumn) -> Progress:
     """A transient bar on ``console`` (stderr), hidden where that is not a terminal: the count done,
     ``extra`` columns, the time elapsed and the ETA."""
-    return Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not console.is_terminal)
+    label = shown(name).replace("{", "{{").replace("}", "}}")  # a format string, shown without markup
+    return Progress(TextColumn(label, style="bold", markup=False), BarColumn(), MofNCompleteColumn(), *extra,
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    transient=True, disable=not console.is_terminal)
 
 
 class _LiveView:
@@ -83,11 +82,10 @@ class ScanView(_LiveView):
         speed = self.progress.tasks[0].speed
         self.progress.update(self.task, rate=f"{speed:.2f}" if speed else "–")
         if result.status == FAILED:
-            self.err.print(f"[red]error:[/] {escape(shown_path(result.path))}: "
-                           f"{escape(result.error or 'failed')}")
+            self.err.print(error_line(shown_path(result.path), result.error or "failed"))
         if self.as_json:
             if result.status != SKIPPED or result.error or result.labels:
-                click.echo(json.dumps(result.as_json()))
+                click.echo(dumps(result.as_json(), ensure_ascii=True))
             return
         if self.settings.dry_run and (result.status in (OK, ABSTAINED) or result.labels):
             if result.status == SKIPPED:  # unchanged since an earlier scan predicted it, never written
@@ -113,7 +111,8 @@ class ScanView(_LiveView):
             line += f", re-queued {summary.requeued}"
         if summary.relabelled:
             line += f", relabelled from the index {summary.relabelled}"
-        self.err.print(f"{line} in {summary.seconds:.1f} s (model {summary.model_id}, run {summary.run_id}).")
+        self.err.print(rich_text(f"{line} in {summary.seconds:.1f} s (model {summary.model_id}, "
+                                 f"run {summary.run_id})."))
 
     def _planned_table(self) -> None:
         if not self.planned:
@@ -131,7 +130,7 @@ class ScanView(_LiveView):
         for name in ("path", "current genre", "new genre", "confidence"):
             table.add_column(name, overflow="fold")
         for row in self.planned:
-            table.add_row(*map(escape, row))
+            table.add_row(*map(rich_text, row))
         self.out.print(table)
 
 
@@ -154,7 +153,12 @@ class UndoView(_LiveView):
     def file(self, path: str, error: str | None) -> None:
         self.progress.advance(self.task)
         if error:
-            self.err.print(f"[red]error:[/] {escape(shown_path(error))}")  # names as `scan` shows them
+            self.err.print(error_line(shown_path(error)))  # names as `scan` shows them
+
+
+def error_line(*parts: str):
+    """``error: PART: PART``, the label in red and the parts as written (escaped, never read as markup)."""
+    return Text.assemble(("error:", "red"), " ", ": ".join(shown(p) for p in parts))
 
 
 def _planned_row(result) -> tuple[str, str, str, str]:
@@ -177,7 +181,7 @@ def history_table(runs: list[dict], writes: dict[int, int]) -> None:
         table.add_column(name)
     for run in runs:
         started = dt.datetime.fromtimestamp(run["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(run["id"]), run["command"], started, run.get("model_id") or "",
+        table.add_row(str(run["id"]), rich_text(run["command"]), started, rich_text(run.get("model_id")),
                       *(str(run.get(k) or 0) for k in ("scanned", "tagged", "abstained", "failed")),
                       str(writes.get(run["id"], 0)), str(run.get("restored") or 0))
     Console(highlight=False).print(table)
