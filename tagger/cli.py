@@ -6,7 +6,6 @@ resumable.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import fields
 
@@ -36,6 +35,14 @@ def _check_separator(ctx, param, value):
     if problem:
         raise click.BadParameter(f"{value!r}: {problem}")
     return value
+
+
+def _fail(err: Exception) -> click.ClickException:
+    """A library error as the command's one-line error, with what it names escaped (see
+    :mod:`tagger.reporting.safe`): a path or label there can hold escape sequences too."""
+    from .reporting.safe import escape_controls
+
+    return click.ClickException(escape_controls(str(err)))
 
 
 def db_option(fn):
@@ -98,7 +105,7 @@ def scan(path, as_json, **options):
         view.interrupted()
         sys.exit(EXIT_INTERRUPTED)
     except GenretagError as err:
-        raise click.ClickException(str(err)) from None
+        raise _fail(err) from None
     view.finish(summary)
     if summary.failed:
         sys.exit(EXIT_FILES_FAILED)
@@ -132,7 +139,7 @@ def undo(paths, run_id, force, keep_mtime, db):
                    "restore the others.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except GenretagError as err:
-        raise click.ClickException(str(err)) from None
+        raise _fail(err) from None
     if not summary.restored and not summary.failed:
         if summary.undone_by is not None:
             click.echo(f"Nothing to undo: the last run that wrote tags (run {summary.last_run}) was undone "
@@ -151,6 +158,7 @@ def undo(paths, run_id, force, keep_mtime, db):
 def history(db, as_json):
     """List the runs recorded in the index, newest first, with what each one did."""
     from .index import Index, index_errors
+    from .reporting.safe import dumps
     from .reporting.views import history_table, run_mode
 
     db_path = ScanSettings(db=db).db_path()
@@ -162,8 +170,8 @@ def history(db, as_json):
     except GenretagError as err:
         raise click.ClickException(str(err)) from None
     if as_json:
-        click.echo(json.dumps([{**r, "mode": run_mode(r), "dry_run": run_mode(r) == "dry run",
-                                "writes": writes.get(r["id"], 0)} for r in runs], indent=2))
+        click.echo(dumps([{**r, "mode": run_mode(r), "dry_run": run_mode(r) == "dry run",
+                           "writes": writes.get(r["id"], 0)} for r in runs], indent=2, ensure_ascii=True))
     else:
         history_table(runs, writes)
 

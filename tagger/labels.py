@@ -113,6 +113,7 @@ def parse_label_map(text: str, source: str = "<string>") -> LabelMap:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise LabelMapError(f"{source}: not valid TOML: {err}") from None
+    _refuse_control_characters(data, source)
     unknown = set(data) - ALLOWED_KEYS
     if unknown:
         raise LabelMapError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
@@ -139,6 +140,32 @@ def parse_label_map(text: str, source: str = "<string>") -> LabelMap:
         keep=None if keep_unlisted else frozenset(genres),
         drop=frozenset(drop),
     )
+
+
+def _refuse_control_characters(data, source: str) -> None:
+    """Refuse a map holding a control character (C0, DEL, C1), bidi override or line separator anywhere:
+    in a model label, a genre name, a drop entry or whatever else the file holds. A genre name is written
+    into tags, where such a character would reach every player and terminal that shows the tag; a model
+    label never holds one that a user means. The error shows the text escaped."""
+    from .reporting.safe import escape_controls, unsafe_characters
+
+    for text in _strings(data):
+        if found := unsafe_characters(text):
+            raise LabelMapError(f'{source}: "{escape_controls(text)}" holds the control character(s) '
+                                f"{', '.join(found)}; label maps take printable text only")
+
+
+def _strings(data):
+    """Every key and string value in parsed TOML, however deep."""
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)
 
 
 def load_label_map(path: str | Path) -> LabelMap:

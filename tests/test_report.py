@@ -194,7 +194,8 @@ def test_report_formats(known_index, tmp_path):
     assert html.count("<svg") == 2 and 'id="groups-chart"' in html and 'id="confidence-chart"' in html
     assert not any(ref in html for ref in ("src=", "href=", "@import", "url(", "<link"))
     data = html.split('id="tracks-data">')[1].split("</script>")[0]
-    assert "6 \\u003c/script>\\u003cb>&amp;.flac" in data  # nothing in the embedded data closes <script>
+    assert "6 \\u003c/script\\u003e\\u003cb\\u003e\\u0026amp;.flac" in data  # nothing in it closes <script>
+    assert sorted(row[0] for row in json.loads(data)) == sorted(r[0] for r in ROWS)  # and it is the data
     assert "6 &lt;/script&gt;&lt;b&gt;&amp;amp;.flac" in html  # and in the static review table
 
 

@@ -6,13 +6,13 @@ commands, so ``genretag --help`` stays instant).
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import fields
 
 import click
 
 from tagger.errors import GenretagError
+from tagger.reporting.safe import dumps, escape_controls
 
 from .data import DataSettings
 from .train import TrainSettings
@@ -29,6 +29,16 @@ def _option(settings_cls, name: str, *decls, **kwargs):
     kwargs.setdefault("default", field.default)
     kwargs.setdefault("show_default", not any(field.default is v for v in (None, False, "")))
     return click.option(flag, *decls, name, help=field.metadata["help"], **kwargs)
+
+
+def _say(text: str, err: bool = False) -> None:
+    """A line (or lines) naming clips, genres and folders from the data, escaped: folder and file names
+    can hold escape sequences (see :mod:`tagger.reporting.safe`)."""
+    click.echo(escape_controls(text, keep_newlines=True), err=err)
+
+
+def _fail(err: Exception | str) -> click.ClickException:
+    return click.ClickException(escape_controls(str(err)))
 
 
 def _genres(ctx, param, value):
@@ -88,19 +98,18 @@ def train(data, **options):
     data_settings = _data_settings(data, options)
     settings = TrainSettings(**options)
     try:
-        result = run_training(data_settings, settings, report=lambda line: click.echo(line, err=True))
+        result = run_training(data_settings, settings, report=lambda line: _say(line, err=True))
     except KeyboardInterrupt:
         click.echo("interrupted; no checkpoint was written", err=True)
         sys.exit(130)
     except GenretagError as err:
-        raise click.ClickException(str(err)) from None
+        raise _fail(err) from None
     for part in ("test", "valid"):
         if m := result.metrics.get(part):
-            click.echo(f"{part} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
-                       f"({m['split']}, {m['count']} clips)")
-    click.echo(f"checkpoint: {result.output}" + (" (now the default model of `genretag scan`)"
-                                                 if settings.register else ""))
-    click.echo(f"took {result.seconds / 60:.1f} min on {result.hardware}")
+            _say(f"{part} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+                 f"({m['split']}, {m['count']} clips)")
+    _say(f"checkpoint: {result.output}" + (" (now the default model of `genretag scan`)" if settings.register else ""))
+    _say(f"took {result.seconds / 60:.1f} min on {result.hardware}")
 
 
 @click.command()
@@ -125,13 +134,13 @@ def evaluate(checkpoint, data, part, device, batch_size, as_json, **options):
     parts = PARTS if part == "all" else (part,)
     try:
         _, results = evaluate_checkpoint(checkpoint, data_settings, parts, device=device, batch_size=batch_size,
-                                         report=lambda line: click.echo(line, err=True))
+                                         report=lambda line: _say(line, err=True))
     except GenretagError as err:
-        raise click.ClickException(str(err)) from None
+        raise _fail(err) from None
     if not results:
         raise click.ClickException(f"no clips to evaluate in the {'/'.join(parts)} part")
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(dumps(results, indent=2, ensure_ascii=True))
         return
     for m in results.values():
-        click.echo(report_text(m))
+        _say(report_text(m))

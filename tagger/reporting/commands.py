@@ -23,15 +23,22 @@ def _db_path(db: str | None):
     return path
 
 
-def _fail(err: Exception):
-    return click.ClickException(str(err))
+def _shown(text: str) -> str:
+    from .safe import escape_controls
+
+    return escape_controls(text)
+
+
+def _fail(err: Exception | str):
+    """The one-line error of a command; what it names (paths, labels) escaped, as in every output."""
+    return click.ClickException(_shown(str(err)))
 
 
 def _emit(text: str, output: str | None) -> None:
     if output:
         with open(output, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-        click.echo(f"Wrote {output}", err=True)
+        click.echo(_shown(f"Wrote {output}"), err=True)
     else:
         click.echo(text, nl=not text.endswith("\n"))
 
@@ -54,7 +61,10 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--review", type=click.IntRange(min=0), default=DEFAULT_REVIEW, show_default=True,
               help="How many of the least confident tracks to list for review.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print the distribution (one row per group) as CSV.")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print the distribution (one row per group) as CSV. Every cell is quoted, and text that "
+                   "a spreadsheet would run as a formula (starting with = + - @) gets a leading ' "
+                   "(\"-core\" is written '-core).")
 @click.option("--tracks", is_flag=True, help="With --csv: one row per track instead; with --json: add them.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write --json/--csv here, not to stdout.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
@@ -88,7 +98,7 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
     if html_file:
         with open(html_file, "w", encoding="utf-8") as fh:
             fh.write(render.report_html(result))
-        click.echo(f"Wrote {html_file} ({result.total:,} tracks)", err=True)
+        click.echo(_shown(f"Wrote {html_file} ({result.total:,} tracks)"), err=True)
     elif as_json:
         _emit(render.report_json(result), output)
     elif as_csv:
@@ -104,11 +114,10 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
 def show(file, db, as_json):
     """Everything known about one track: its tags now, its index row, each model's prediction (ranking,
     per-window labels) and the history of genre writes."""
-    import json
-
     from ..errors import GenretagError
     from ..index import index_errors
     from .report import track_details
+    from .safe import dumps
 
     try:
         db_path = _db_path(db)
@@ -118,12 +127,12 @@ def show(file, db, as_json):
         raise _fail(err) from None
     if details["track"] is None:
         if not details["exists"]:
-            raise click.ClickException(f"{details['path']}: no such file, and not in the index")
+            raise _fail(f"{details['path']}: no such file, and not in the index")
         if details["tags_error"]:
-            raise click.ClickException(f"{details['path']}: not an audio file genretag reads "
-                                       f"({details['tags_error']}), and not in the index")
+            raise _fail(f"{details['path']}: not an audio file genretag reads ({details['tags_error']}), "
+                        "and not in the index")
     if as_json:
-        click.echo(json.dumps(details, indent=2, ensure_ascii=False))
+        click.echo(dumps(details, indent=2))
     else:
         from .render import show_terminal
 
@@ -135,11 +144,10 @@ def show(file, db, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the models as JSON.")
 def models(db, as_json):
     """The models the index has seen (with prediction counts) and the checkpoints available to scan with."""
-    import json
-
     from ..errors import GenretagError
     from ..index import index_errors
     from .report import model_overview
+    from .safe import dumps
 
     try:
         db_path = _db_path(db)
@@ -148,7 +156,7 @@ def models(db, as_json):
     except GenretagError as err:
         raise _fail(err) from None
     if as_json:
-        click.echo(json.dumps(overview, indent=2, ensure_ascii=False))
+        click.echo(dumps(overview, indent=2))
     else:
         from .render import models_terminal
 

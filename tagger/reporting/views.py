@@ -5,19 +5,18 @@ Progress and messages go to stderr, so ``--json`` output on stdout stays machine
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..records import ABSTAINED, FAILED, FROM_INDEX, OK, PREDICTED
+from .safe import dumps, escape_controls, rich_text, shown
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLANNED_TABLE_ROWS = 1000
 """A dry run's table shows at most this many planned changes. A first dry run of a library plans one
 for every track, and rich lays a table out whole: 50,000 rows took 28 s and 200 MiB to print on a
@@ -27,23 +26,20 @@ for every track, and rich lays a table out whole: 50,000 rows took 28 s and 200 
 def shown_path(path: str) -> str:
     """``path`` as the terminal shows it: named as the index stores it (bytes that are not UTF-8 as
     ``\\xNN``, so an error line, ``report`` and ``show`` agree), with control characters escaped
-    (``\\n``), so a name holding a newline still makes one line."""
+    (``\\n``, ``\\x1b``: see :mod:`tagger.reporting.safe`), so a name holding a newline still makes one
+    line and one holding an escape sequence cannot drive the terminal."""
     from ..index import path_key
 
-    return shown_text(path_key(path))
-
-
-def shown_text(text: str) -> str:
-    """``text`` with its control characters escaped (``\\n``, ``\\x1b``), for one terminal line."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return escape_controls(path_key(path))
 
 
 def progress_bar(console: Console, name: str, *extra: TextColumn) -> Progress:
     """A transient bar on ``console`` (stderr), hidden where that is not a terminal: the count done,
     ``extra`` columns, the time elapsed and the ETA."""
-    return Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not console.is_terminal)
+    label = shown(name).replace("{", "{{").replace("}", "}}")  # a format string, shown without markup
+    return Progress(TextColumn(label, style="bold", markup=False), BarColumn(), MofNCompleteColumn(), *extra,
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    transient=True, disable=not console.is_terminal)
 
 
 class _LiveView:
@@ -68,8 +64,8 @@ class ScanView(_LiveView):
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self.shows_progress = self.err.is_terminal  # else the bar's total is not worth a counting pass
-        self.progress = progress_bar(self.err, "scan", TextColumn("{task.fields[rate]}"),
-                                     TextColumn("{task.fields[status]}"))
+        self.progress = progress_bar(self.err, "scan", TextColumn("{task.fields[rate]}", markup=False),
+                                     TextColumn("{task.fields[status]}", markup=False))
         self.task = self.progress.add_task("scan", total=None, rate="", status="reading the index…")
         self.planned: list[tuple[str, str, str, str]] = []  # the first PLANNED_TABLE_ROWS of them
         self.planned_count = 0
@@ -88,7 +84,7 @@ class ScanView(_LiveView):
     def phase(self, phase: str, model_id: str) -> None:
         """The model is loading (a first track waits for it), or predictions have started."""
         status = f"loading model {model_id}…" if phase == "loading" else ""
-        self.progress.update(self.task, status=escape(shown_text(status)))
+        self.progress.update(self.task, status=shown(status))
 
     def result(self, result) -> None:
         if result.source != FROM_INDEX:  # those from the index are counted by skipped()
@@ -97,10 +93,9 @@ class ScanView(_LiveView):
             self.rate.add()
         self.progress.update(self.task, rate=self.rate.text())
         if result.status == FAILED:
-            self.err.print(f"[red]error:[/] {escape(shown_path(result.path))}: "
-                           f"{escape(result.error or 'failed')}")
+            self.err.print(error_line(shown_path(result.path), result.error or "failed"))
         if self.as_json:
-            click.echo(json.dumps(result.as_json()))
+            click.echo(dumps(result.as_json(), ensure_ascii=True))
             return
         planned = result.pending or (result.source == PREDICTED and result.status in (OK, ABSTAINED))
         if self.settings.dry_run and planned:
@@ -119,7 +114,7 @@ class ScanView(_LiveView):
         self.progress.stop()
         if self.settings.dry_run and not self.as_json:
             self._planned_table()
-        self.err.print(summary_line(summary, self.settings))
+        self.err.print(rich_text(summary_line(summary, self.settings)))
 
     def _planned_table(self) -> None:
         if not self.planned:
@@ -137,7 +132,7 @@ class ScanView(_LiveView):
         for name in ("path", "current genre", "new genre", "confidence"):
             table.add_column(name, overflow="fold")
         for row in self.planned:
-            table.add_row(*map(escape, row))
+            table.add_row(*map(rich_text, row))
         self.out.print(table)
 
 
@@ -160,7 +155,12 @@ class UndoView(_LiveView):
     def file(self, path: str, error: str | None) -> None:
         self.progress.advance(self.task)
         if error:
-            self.err.print(f"[red]error:[/] {escape(shown_path(error))}")  # names as `scan` shows them
+            self.err.print(error_line(shown_path(error)))  # names as `scan` shows them
+
+
+def error_line(*parts: str):
+    """``error: PART: PART``, the label in red and the parts as written (escaped, never read as markup)."""
+    return Text.assemble(("error:", "red"), " ", ": ".join(shown(p) for p in parts))
 
 
 def _planned_row(result) -> tuple[str, str, str, str]:
@@ -197,8 +197,8 @@ def history_table(runs: list[dict], writes: dict[int, int]) -> None:
         table.add_column(name)
     for run in runs:
         started = dt.datetime.fromtimestamp(run["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(run["id"]), run["command"], run_mode(run), started,
-                      escape(shown_text(run.get("model_id") or "")),
+        table.add_row(str(run["id"]), rich_text(run["command"]), run_mode(run), started,
+                      rich_text(run.get("model_id")),
                       *(str(run.get(k) or 0) for k in ("scanned", "skipped", "tagged", "abstained", "failed")),
                       str(writes.get(run["id"], 0)), str(run.get("restored") or 0))
     Console(highlight=False).print(table)
