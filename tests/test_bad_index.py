@@ -156,3 +156,35 @@ def test_a_missing_index_is_refused_without_creating_it_through_a_real_process(c
     assert proc.stderr.strip().splitlines()[-1] == (f"Error: {db}: no genretag index at this path; run "
                                                     "`genretag scan` first (or pass --db)")
     assert not db.parent.exists()
+
+
+REFUSE_WITHOUT_TORCH = ("import sys; from tagger.cli import main; sys.argv = ['genretag', *sys.argv[1:]]\n"
+                        "try:\n    main()\nfinally:\n"
+                        "    print(sorted({'torch', 'transformers', 'sklearn'} & set(sys.modules)))")
+
+
+@pytest.mark.parametrize("model, reason", [
+    ("builtin:bogus", "unknown built-in model 'builtin:bogus'; the built-in models are builtin:musicnn-msd"),
+    ("bogus-model", "not a local checkpoint folder nor in the Hugging Face cache, and the hub cannot be reached"),
+    ("./no/such/folder", "is not a checkpoint folder"),
+    ("not a hub id!", "neither a checkpoint folder nor a valid hub id"),
+])
+def test_a_model_that_cannot_load_is_refused_before_anything_heavy_is_imported(model, reason, library, tmp_path):
+    """The refusal needs neither torch nor transformers (whose import takes seconds) and creates no index."""
+    db = tmp_path / "index.db"
+    proc = subprocess.run([sys.executable, "-c", REFUSE_WITHOUT_TORCH, "scan", str(library), "--model", model,
+                           "--db", str(db)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and reason in line, line
+    assert not db.exists()
+
+
+def test_a_bad_label_map_is_refused_before_the_model_loads(library, tmp_path):
+    labels = tmp_path / "labels.toml"
+    labels.write_text("keep_unlisted = 3\n")
+    proc = subprocess.run([sys.executable, "-c", REFUSE_WITHOUT_TORCH, "scan", str(library), "--labels", str(labels),
+                           "--db", str(tmp_path / "index.db")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    assert str(labels) in proc.stderr.strip().splitlines()[-1]

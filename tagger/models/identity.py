@@ -128,3 +128,69 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def builtin_names() -> list[str]:
+    """The built-in models shipped in the package (``tagger/builtin/<name>/``, what
+    :func:`tagger.models.musicnn.load_builtin` reads). Listed from the folder rather than from
+    ``tagger.models.musicnn.BUILTIN_MODELS``, whose import loads torch (seconds); a test keeps the two equal."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("tagger") / "builtin"
+        return sorted(p.name for p in folder.iterdir()
+                      if (p / "config.json").is_file() and (p / "model.safetensors").is_file())
+    except OSError:
+        return []
+
+
+def refuse_unloadable_name(name: str) -> None:
+    """Refuse at once (:class:`ModelError`), with nothing heavy imported, a model name that cannot load:
+    an unknown ``builtin:`` name, a path that is not a folder, or a hub id that is neither in the local
+    Hugging Face cache nor reachable. Loading torch and transformers takes seconds; a typo should not.
+    What is wrong inside a checkpoint folder, loading says."""
+    if name.startswith("builtin:"):
+        if name.removeprefix("builtin:") not in builtin_names():
+            known = ", ".join(f"builtin:{n}" for n in builtin_names())
+            raise ModelError(f"unknown built-in model '{name}'; the built-in models are {known}")
+        return
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return
+    if local.exists() or name.startswith((".", "/", "~")):
+        raise ModelError(f"model '{name}' is not a checkpoint folder")
+    if hub_cached(name):
+        return
+    if reason := hub_unreachable():
+        raise ModelError(f"model '{name}' is not a local checkpoint folder nor in the Hugging Face cache, and "
+                         f"the hub cannot be reached ({reason}); pass a local checkpoint folder")
+
+
+def hub_cached(name: str) -> bool:
+    """Whether the hub id ``name`` has a config in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except (HFValidationError, ValueError):
+        raise ModelError(f"model '{name}' is neither a checkpoint folder nor a valid hub id") from None
+
+
+def hub_unreachable(timeout: float = 1.0) -> str | None:
+    """Why the hub cannot be reached, or None. Checked up front because huggingface_hub retries a dead
+    network with back-off for minutes before it gives up; a connection to the hub takes well under a
+    second where it works."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname} unreachable: {exc.strerror or exc}"
+    return None

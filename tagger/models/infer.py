@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import os
 from pathlib import Path
 
 from ..errors import ModelError
-from .identity import (FALLBACK_MIN_CONFIDENCE, ModelIdentity, model_identity, resolve_model_name,
-                       weights_fingerprint)
+from .identity import (FALLBACK_MIN_CONFIDENCE, ModelIdentity, hub_unreachable, model_identity,
+                       refuse_unloadable_name, resolve_model_name, weights_fingerprint)
 
 
 def pick_device(device: str = "auto"):
@@ -61,9 +60,10 @@ def load_classifier(model: str | None = None, device: str = "auto", precision: s
     when something is first predicted — a rescan of an unchanged library then never does.
     """
     name = resolve_model_name(model)
+    refuse_unloadable_name(name)
+    label_map = default_label_map(name, labels)  # a bad --labels file is refused before anything loads
     if deferred and (identity := model_identity(name)):
-        return DeferredClassifier(identity, default_label_map(name, labels),
-                                  lambda: load_classifier(name, device, precision, labels))
+        return DeferredClassifier(identity, label_map, lambda: load_classifier(name, device, precision, labels))
     return _load_now(name, device, precision, labels)
 
 
@@ -365,24 +365,6 @@ def _load_hub(name: str):
         return _from_pretrained(name)
     except ModelError as exc:
         raise ModelError(f"{unreachable} (unknown id?): {str(exc)[:200]}") from None
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached, or None. Checked up front because huggingface_hub retries a dead
-    network with back-off for minutes before it gives up."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError as exc:
-        return f"{url.hostname} unreachable: {exc.strerror or exc}"
-    return None
 
 
 def _hub_fingerprint(model, name: str) -> str:

@@ -367,20 +367,6 @@ def _loads(text):
 
 # -- models --------------------------------------------------------------------------------------------
 
-def builtin_names() -> list[str]:
-    """The built-in models shipped in the package (``tagger/builtin/<name>/``, what
-    :func:`tagger.models.musicnn.load_builtin` reads). Listed from the folder rather than from
-    ``tagger.models.musicnn.BUILTIN_MODELS``, whose import loads torch (seconds); a test keeps the two equal."""
-    from importlib import resources
-
-    try:
-        folder = resources.files("tagger") / "builtin"
-        return sorted(p.name for p in folder.iterdir()
-                      if (p / "config.json").is_file() and (p / "model.safetensors").is_file())
-    except OSError:
-        return []
-
-
 def builtin_fingerprint(name: str) -> str | None:
     """The fingerprint scans record for ``builtin:NAME``: SHA-256 of its weights file, as
     :class:`tagger.models.musicnn.MusicnnClassifier` computes it (not :func:`weights_fingerprint`, which also
@@ -397,7 +383,7 @@ def builtin_fingerprint(name: str) -> str | None:
 def model_overview(db_path: str | os.PathLike) -> dict:
     """``{"seen": [...], "available": [...], "default": model}``: the models the index has recorded,
     with their prediction counts, and the checkpoints a scan could use now (built-in and trained)."""
-    from ..models.identity import registry_path, resolve_model_name, weights_fingerprint
+    from ..models.identity import builtin_names, registry_path, resolve_model_name, weights_fingerprint
 
     seen = []
     if Path(db_path).is_file():
