@@ -470,7 +470,7 @@ def test_tagger_api_on_paths_and_arrays(mixed_library_src, tiny_ast):
 def test_a_missing_model_fails_fast_with_a_clear_message(tmp_path, library):
     with pytest.raises(ModelError, match="not a checkpoint folder"):
         load_classifier(str(tmp_path / "nope"))
-    with pytest.raises(ModelError, match="could not be fetched from the Hugging Face hub"):
+    with pytest.raises(ModelError, match="nor in the Hugging Face cache, and the hub cannot be reached"):
         load_classifier("someone/not-a-real-genre-model")
     result = CliRunner().invoke(cli, ["scan", str(library), "--model", "someone/not-a-real-model",
                                       "--db", str(tmp_path / "i.db")])
