@@ -86,7 +86,7 @@ def model_identity(name: str) -> ModelIdentity | None:
             return None  # loading reports it, naming the models there are
         return ModelIdentity(name, builtin_fingerprint(weights), list(config["labels"]),
                              float(config["default_min_confidence"]), int(config["sample_rate"]),
-                             bool(config["multi_label"]), config.get("label_thresholds"))
+                             bool(config["multi_label"]))  # no per-genre thresholds: musicnn has none
     folder = Path(name).expanduser()
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
