@@ -12,7 +12,7 @@ from dataclasses import fields
 import click
 
 from .errors import GenretagError
-from .settings import ScanSettings
+from .settings import LEVELS, ScanSettings
 
 EXIT_FILES_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -59,6 +59,7 @@ def cli():
 @click.argument("path", type=click.Path(exists=True))
 @_option("model")
 @_option("labels", type=click.Path(exists=True, dir_okay=False))
+@_option("level", type=click.Choice(LEVELS))
 @_option("write_tags", is_flag=True)
 @_option("dry_run", is_flag=True)
 @db_option

@@ -16,6 +16,7 @@ counts and the ``--json`` lines of every path come from one place.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .aggregate import choose_genres
@@ -35,6 +36,8 @@ class Rules:
     min_confidence: float
     label_map: str  # digest of the scan's label map
     genre_count: int  # how many genres a complete ranking holds under that map
+    thresholds: Mapping[str, float] | None = None  # per-genre thresholds (a trained checkpoint's)
+    parents: Mapping[str, str] | None = None  # --level both: the genre tree to descend
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def decide(size: int, mtime_ns: int, row: dict | None, rules: Rules) -> Decision
 
 def decided_again(row: dict, rules: Rules) -> dict | None:
     """``row`` with its status, labels and scores decided again from its stored ranking under the
-    rules' ``top_k`` and threshold, ``written`` cleared when that changes them (the file then does not
+    rules' ``top_k``, thresholds and level, ``written`` cleared when that changes them (the file then does not
     hold them). None when the index cannot decide: the ranking went through another label map, or
     ``top_k`` asks for more genres than were stored; the track is then predicted again. Failures, and
     rows without a ranking, stand as stored."""
@@ -78,7 +81,8 @@ def decided_again(row: dict, rules: Rules) -> dict | None:
         return row
     if rules.top_k > len(ranking) < rules.genre_count:  # more asked for than was stored
         return None
-    status, labels, scores = choose_genres(ranking, rules.top_k, rules.min_confidence)
+    status, labels, scores = choose_genres(ranking, rules.top_k, rules.min_confidence, rules.thresholds,
+                                           rules.parents)
     if status == row["status"] and labels == json.loads(row["labels"]):
         return row
     return {**row, "status": status, "labels": json.dumps(labels), "scores": json.dumps(scores), "written": 0}

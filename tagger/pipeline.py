@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
-from .aggregate import choose_genres, rank_labels
+from .aggregate import choose_genres, decision_thresholds, rank_labels
 from .batching import predict_in_batches
 from .decode import decode_file, windows_from_array
 from .discover import count_audio_files, discover
@@ -97,7 +97,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     started = time.perf_counter()
     root = os.path.abspath(root)  # the index and the undo journal key files by absolute path
     classifier = classifier or load_classifier(settings.model, settings.device, settings.precision,
-                                               settings.labels, deferred=True)
+                                               settings.labels, deferred=True, level=settings.level)
     summary = ScanSummary(model_id=classifier.model_id)
     with Index(settings.db_path()) as index:
         index.note_model(classifier.model_id, classifier.fingerprint, classifier.labels)
@@ -146,16 +146,16 @@ class _Scan:
         self.on_phase = on_phase or (lambda phase, model_id: None)
         self.phase = None
         label_map = classifier.label_map
-        self.label_map_digest = label_map.digest()
-        self.ranking_kept = max(STORED_RANKING, settings.top_k)
+        self.label_map_digest = label_map.digest(classifier.multi_label)
+        self.ranking_kept = max(STORED_RANKING, settings.top_k, label_map.ranking_needed(classifier.labels))
         self.relabelled: list[dict] = []  # genres decided again from the cache, not yet in the index
         self.keep_results = keep_results
-        self.min_confidence = (settings.min_confidence if settings.min_confidence is not None
-                               else classifier.default_min_confidence)
+        self.min_confidence, self.thresholds = decision_thresholds(classifier, settings.min_confidence)
         self.rules = Rules(
             rescan=settings.rescan, write_tags=settings.write_tags and not settings.dry_run,
             top_k=settings.top_k, min_confidence=self.min_confidence, label_map=self.label_map_digest,
-            genre_count=len({label_map.genre(label) for label in classifier.labels if label_map.kept(label)}))
+            genre_count=len(label_map.genres(classifier.labels)), thresholds=self.thresholds,
+            parents=label_map.nesting())
         self.pending: list[TrackResult] = []
         self.last_flush = time.monotonic()
         self.requeue: list[Track] = []
@@ -234,7 +234,8 @@ class _Scan:
     def _result(self, item, probs) -> TrackResult:
         if probs is None:
             return item  # a failure from decoding
-        result = describe(item, probs, self.classifier, self.settings.top_k, self.min_confidence)
+        result = describe(item, probs, self.classifier, self.settings.top_k, self.min_confidence,
+                          self.thresholds)
         result.tags = _read_tags(item.track.path)
         if result.status == OK:
             if self.rules.write_tags:
@@ -358,11 +359,13 @@ class _Scan:
         self.last_flush = time.monotonic()
 
 
-def describe(decoded: DecodedTrack, probs, classifier, top_k: int, min_confidence: float) -> TrackResult:
+def describe(decoded: DecodedTrack, probs, classifier, top_k: int, min_confidence: float,
+             thresholds: dict[str, float] | None = None) -> TrackResult:
     """Aggregate one track's window probabilities into a :class:`TrackResult`."""
-    ranking = rank_labels(probs, classifier.labels, classifier.label_map)
-    status, labels, scores = choose_genres(ranking, top_k, min_confidence)
-    window_labels = [rank_labels(row.unsqueeze(0), classifier.labels, classifier.label_map)[:3]
+    label_map, multi_label = classifier.label_map, classifier.multi_label
+    ranking = rank_labels(probs, classifier.labels, label_map, multi_label)
+    status, labels, scores = choose_genres(ranking, top_k, min_confidence, thresholds, label_map.nesting())
+    window_labels = [rank_labels(row.unsqueeze(0), classifier.labels, label_map, multi_label)[:3]
                      for row in probs]
     track = decoded.track
     return TrackResult(track.path, status, labels=labels, scores=scores,
@@ -393,10 +396,10 @@ class Tagger:
 
     def __init__(self, model: str | None = None, *, device: str = "auto", precision: str = "auto",
                  batch_size: int | None = None, max_windows: int = ScanSettings.max_windows,
-                 labels: str | None = None, classifier=None):
+                 labels: str | None = None, level: str = ScanSettings.level, classifier=None):
         from .models.infer import load_classifier
 
-        self.classifier = classifier or load_classifier(model, device, precision, labels)
+        self.classifier = classifier or load_classifier(model, device, precision, labels, level=level)
         self.max_windows = max_windows
         self.batch_size = batch_size or default_batch_size(self.classifier.device)
 
@@ -417,8 +420,8 @@ class Tagger:
         return self._describe_all(decoded)
 
     def _describe_all(self, decoded: list[DecodedTrack]) -> list[TrackResult]:
-        conf = self.classifier.default_min_confidence
-        return [describe(item, probs, self.classifier, 1, conf)
+        conf, thresholds = decision_thresholds(self.classifier, None)
+        return [describe(item, probs, self.classifier, 1, conf, thresholds)
                 for item, probs in predict_in_batches(decoded, self.classifier.predict, self.batch_size)]
 
     @staticmethod

@@ -22,6 +22,9 @@ AUDIO_EXTENSIONS = frozenset(
 
 DEFAULT_MODEL = "builtin:musicnn-msd"
 
+LEVELS = ("leaf", "top", "both")
+"""Genre levels a label map ranks at (``--level``): its own genres, top-level genres, or both."""
+
 
 def data_dir() -> Path:
     """Where the index and the trained-model registry live: ``$GENRETAG_HOME`` or the XDG data dir."""
@@ -51,6 +54,9 @@ class ScanSettings:
                                    "else builtin:musicnn-msd.")
     labels: str | None = _opt(None, "Label map (TOML) that renames/drops model labels; "
                                     "default: the model's own map.")
+    level: str = _opt("top", "Genre level the label map writes: leaf (the genres it names, e.g. "
+                              "'Alternative Rock'), top (top-level genres only, e.g. 'Rock') or both "
+                              "(the top-level genre, then its sub-genre where the model is sure of it).")
     write_tags: bool = _opt(False, "Write the predicted genres into the files' tags.")
     dry_run: bool = _opt(False, "Show the planned tag changes; never touch an audio file.")
     db: str | None = _opt(None, "SQLite index file (default: $GENRETAG_DB or ~/.local/share/genretag/index.db).")
@@ -60,7 +66,8 @@ class ScanSettings:
     max_windows: int = _opt(3, "Most 30 s windows analysed per track, spread over the track.")
     top_k: int = _opt(1, "Most genres written per track.")
     min_confidence: float | None = _opt(None, "Lowest score a genre needs; below it the track is "
-                                              "'abstained' (default: the model's own, else 0.3).")
+                                              "'abstained'. Overrides the model's per-genre thresholds "
+                                              "(default: the model's own, else 0.3).")
     workers: int | None = _opt(None, "Decoding threads running ahead of inference (default: 2 when the "
                                      "model runs on the CPU; with CUDA, one per usable CPU core but "
                                      "one, at most 32).")

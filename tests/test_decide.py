@@ -37,7 +37,7 @@ def test_choose_genres_never_reaches_past_top_k_for_a_genre_above_the_threshold(
 
 def test_rank_labels_is_the_mean_over_windows_best_first():
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.5, 0.4], [0.2, 0.3, 0.5]])
-    ranking = rank_labels(probs, ["a", "b", "c"], identity_map())
+    ranking = rank_labels(probs, ["a", "b", "c"], identity_map(), multi_label=True)
     assert [label for label, _ in ranking] == ["a", "b", "c"]
     assert [round(s, 6) for _, s in ranking] == [0.4, 0.3, 0.3]
 

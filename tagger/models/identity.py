@@ -17,6 +17,8 @@ from ..errors import ModelError
 from ..settings import DEFAULT_MODEL, data_dir
 
 FALLBACK_MIN_CONFIDENCE = 0.3
+LABEL_THRESHOLDS_KEY = "genretag_label_thresholds"
+"""A checkpoint's config.json key for its per-genre thresholds (genre -> threshold), if it has any."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -70,6 +72,8 @@ class ModelIdentity:
     labels: list[str]
     default_min_confidence: float
     sampling_rate: int | None = None  # where the files say it: a Ray driver then never loads the model
+    multi_label: bool = False  # sigmoid outputs; the label map scores genres by it (tagger.labels)
+    label_thresholds: dict[str, float] | None = None  # per-genre thresholds a checkpoint carries
 
 
 def model_identity(name: str) -> ModelIdentity | None:
@@ -81,7 +85,8 @@ def model_identity(name: str) -> ModelIdentity | None:
         except ModelError:
             return None  # loading reports it, naming the models there are
         return ModelIdentity(name, builtin_fingerprint(weights), list(config["labels"]),
-                             float(config["default_min_confidence"]), int(config["sample_rate"]))
+                             float(config["default_min_confidence"]), int(config["sample_rate"]),
+                             bool(config["multi_label"]))  # no per-genre thresholds: musicnn has none
     folder = Path(name).expanduser()
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -95,7 +100,21 @@ def model_identity(name: str) -> ModelIdentity | None:
     except (OSError, ValueError, KeyError, TypeError):
         rate = None
     return ModelIdentity(name, weights_fingerprint(folder), labels,
-                         config.get("genretag_min_confidence") or FALLBACK_MIN_CONFIDENCE, rate)
+                         config.get("genretag_min_confidence") or FALLBACK_MIN_CONFIDENCE, rate,
+                         config.get("problem_type") == "multi_label_classification",
+                         config.get(LABEL_THRESHOLDS_KEY))
+
+
+def checked_label_thresholds(model_id: str, thresholds) -> dict[str, float] | None:
+    """A checkpoint's per-genre thresholds (:data:`LABEL_THRESHOLDS_KEY`), or a one-line
+    :class:`ModelError` when they are not genre names mapped to numbers from 0 to 1."""
+    if thresholds is None:
+        return None
+    if not (isinstance(thresholds, dict) and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds.values())):
+        raise ModelError(f"model '{model_id}': its per-genre thresholds ({LABEL_THRESHOLDS_KEY}) must map genre "
+                         f"names to numbers from 0 to 1, not {str(thresholds)[:80]}")
+    return {str(genre): float(t) for genre, t in thresholds.items()}
 
 
 def read_builtin(name: str) -> tuple[dict, bytes]:

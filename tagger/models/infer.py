@@ -2,7 +2,8 @@
 
 Every model genretag runs, a transformers checkpoint or the built-in musicnn port, offers the same
 small interface (a *classifier*): ``model_id``, ``fingerprint``, ``sampling_rate``, ``labels``,
-``multi_label``, ``default_min_confidence``, ``label_map``, ``device`` and
+``multi_label``, ``default_min_confidence``, ``label_thresholds`` (per-genre, or None),
+``label_map``, ``device`` and
 ``predict(windows, lengths) -> probabilities``. The pipeline knows nothing else about models.
 """
 from __future__ import annotations
@@ -13,8 +14,10 @@ import math
 from pathlib import Path
 
 from ..errors import ModelError
-from .identity import (FALLBACK_MIN_CONFIDENCE, ModelIdentity, hub_unreachable, model_identity,
-                       refuse_unloadable_name, resolve_model_name, weights_fingerprint)
+from ..settings import ScanSettings
+from .identity import (FALLBACK_MIN_CONFIDENCE, LABEL_THRESHOLDS_KEY, ModelIdentity, checked_label_thresholds,
+                       hub_unreachable, model_identity, refuse_unloadable_name, resolve_model_name,
+                       weights_fingerprint)
 
 
 def pick_device(device: str = "auto"):
@@ -52,8 +55,9 @@ def autocast(device, precision: str):
 
 
 def load_classifier(model: str | None = None, device: str = "auto", precision: str = "auto",
-                    labels: str | None = None, *, deferred: bool = False):
-    """Load the classifier for ``model`` (see :func:`resolve_model_name`), once per scan.
+                    labels: str | None = None, *, deferred: bool = False, level: str = ScanSettings.level):
+    """Load the classifier for ``model`` (see :func:`resolve_model_name`), once per scan, with its
+    label map ranking genres at ``level`` (``--level``).
 
     ``deferred``: where the model's identity can be read from its files alone (built-in models, local
     checkpoint folders), return a :class:`DeferredClassifier` that loads torch and the network only
@@ -61,33 +65,35 @@ def load_classifier(model: str | None = None, device: str = "auto", precision: s
     """
     name = resolve_model_name(model)
     refuse_unloadable_name(name)
-    label_map = default_label_map(name, labels)  # a bad --labels file is refused before anything loads
+    label_map = default_label_map(name, labels, level)  # a bad --labels file is refused before anything loads
     if deferred and (identity := model_identity(name)):
-        return DeferredClassifier(identity, label_map, lambda: load_classifier(name, device, precision, labels))
-    return _load_now(name, device, precision, labels)
+        return DeferredClassifier(identity, label_map,
+                                  lambda: load_classifier(name, device, precision, labels, level=level))
+    return _load_now(name, device, precision, labels, level)
 
 
-def default_label_map(name: str, labels: str | None):
-    """``--labels FILE`` if given, else the built-in model's own map, else every label kept as is: what
-    a loaded classifier's ``label_map`` is."""
+def default_label_map(name: str, labels: str | None, level: str = ScanSettings.level):
+    """``--labels FILE`` if given, else the built-in model's own map, else every label kept as is, at
+    ``level``: what a loaded classifier's ``label_map`` is."""
     from ..labels import builtin_label_map, identity_map, load_label_map
 
     if labels:
-        return load_label_map(labels)
-    return builtin_label_map(name.removeprefix("builtin:")) if name.startswith("builtin:") else identity_map()
+        label_map = load_label_map(labels)
+    elif name.startswith("builtin:"):
+        label_map = builtin_label_map(name.removeprefix("builtin:"))
+    else:
+        label_map = identity_map()
+    return label_map.with_level(level)
 
 
-def _load_now(name: str, device: str, precision: str, labels: str | None):
-    from ..labels import load_label_map
-
+def _load_now(name: str, device: str, precision: str, labels: str | None, level: str):
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     if name.startswith("builtin:"):
         classifier = _load_builtin(name.removeprefix("builtin:"), dev, prec)
     else:
         classifier = HFClassifier.load(name, dev, prec)
-    if labels:
-        classifier.label_map = load_label_map(labels)
+    classifier.label_map = default_label_map(name, labels, level)
     return classifier
 
 
@@ -104,6 +110,8 @@ class DeferredClassifier:
         self.fingerprint = identity.fingerprint
         self.labels = identity.labels
         self.default_min_confidence = identity.default_min_confidence
+        self.multi_label = identity.multi_label
+        self.label_thresholds = checked_label_thresholds(self.model_id, identity.label_thresholds)
         if identity.sampling_rate:
             self.sampling_rate = identity.sampling_rate
         self._load = load
@@ -183,6 +191,7 @@ class HFClassifier:
         self.multi_label = config.problem_type == "multi_label_classification"
         self.default_min_confidence = getattr(config, "genretag_min_confidence", None) or (
             FALLBACK_MIN_CONFIDENCE)
+        self.label_thresholds = checked_label_thresholds(model_id, getattr(config, LABEL_THRESHOLDS_KEY, None))
         self.label_map = identity_map()
         self.raw_waveform = type(feature_extractor).__name__ == "Wav2Vec2FeatureExtractor" and (
             feature_extractor.feature_size == 1)
