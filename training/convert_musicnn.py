@@ -52,15 +52,13 @@ MTT_LABELS = [
     "female voice", "choral",
 ]
 
-# Chosen from measurements on synthetic audio, see tagger/builtin/PROVENANCE.md ("Default min-confidence").
-DEFAULT_MIN_CONFIDENCE = {"musicnn-msd": 0.4, "musicnn-mtt": 0.3}
-MIN_CONFIDENCE_REASON = (
-    "Compared with the mean sigmoid probability of the best genre after label mapping. Set above the "
-    "model's answer to audio without genre evidence (silence and noise: MSD <= 0.36, MTT <= 0.22), so "
-    "such tracks abstain instead of getting the label prior (Rock / Classical); MTT stays below 0.30 on "
-    "every synthetic signal tried. Not higher for MSD: tones, hum, clicks and saw drones reach 0.41-0.55 "
-    "there, the range real music reaches too. Not validated on real music; override with --min-confidence."
-)
+# Chosen from measurements on real music, see tagger/builtin/PROVENANCE.md ("Default min-confidence").
+DEFAULT_MIN_CONFIDENCE = {"musicnn-msd": 0.47, "musicnn-mtt": 0.81}
+"""Measured on real music by bench/thresholds.py (see docs/labels.md); a regenerated config keeps them."""
+MIN_CONFIDENCE_REASON = {
+    "musicnn-msd": "Compared with the best genre's score: the mean sigmoid probability over the track's windows, a parent genre taking the highest of its sub-genres' (so the same at every --level). Picked by bench/thresholds.py on 50 real GTZAN clips (../shared/gtzan-dev) and 19 synthetic silence/noise clips: the lowest threshold that stays 0.02 above every silence/noise clip's best score (0.446: brown noise as Ambient) and keeps precision >= 0.80 from 0.02 below it up. At 0.47 with --top-k 1, 24% of the clips get a genre and 83% of those are right (10 of 12); every silence/noise clip abstains. The earlier 0.40 (set from synthetic signals only) gave 28% at 79% and tagged 3 of the 19 noise clips. Override with --min-confidence.",
+    "musicnn-mtt": "Compared with the best genre's score: the mean sigmoid probability over the track's windows, a parent genre taking the highest of its sub-genres' (so the same at every --level). Picked by bench/thresholds.py on 50 real GTZAN clips (../shared/gtzan-dev) and 19 synthetic silence/noise clips, by the rule that gave musicnn-msd 0.47: the lowest threshold 0.02 above every silence/noise clip's best score (0.271) that keeps precision >= 0.80 from 0.02 below it up. MagnaTagATune has no blues, hip-hop, jazz or reggae label and answers such clips confidently wrong (jazz as Classical up to 0.75, metal as Rock up to 0.78), so precision stays between 0.29 and 0.62 at every threshold up to 0.78; at 0.81 only unmistakable classical music is tagged (1 of the 50 clips, right). --min-confidence 0.30, the lowest threshold at which noise abstains, tags 46% of the clips at 35% precision (39% with --level top).",
+}
 
 MODELS = {
     "musicnn-msd": ("musicnn/MSD_musicnn/", MSD_LABELS, "Million Song Dataset (last.fm top-50 tags)"),
@@ -151,7 +149,7 @@ def make_config(name: str, labels: list[str], dataset: str, wheel_sha256: str) -
         },
         "patch": {"frames": 187, "hop_frames": 187, "seconds": 3.0, "incomplete_tail": "dropped"},
         "default_min_confidence": DEFAULT_MIN_CONFIDENCE[name],
-        "default_min_confidence_reason": MIN_CONFIDENCE_REASON,
+        "default_min_confidence_reason": MIN_CONFIDENCE_REASON[name],
         "provenance": {
             "source": f"PyPI wheel {WHEEL_NAME}, {MODELS[name][0]} (TF 1.12 checkpoint)",
             "trained_on": dataset,
