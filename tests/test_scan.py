@@ -593,3 +593,26 @@ def test_a_scan_killed_during_a_write_is_finished_without_predicting_again(libra
     assert (again.scanned, again.skipped, again.written) == (0, 1, 0)
     out = CliRunner().invoke(cli, ["undo", "--db", str(tmp_path / "index.db")], catch_exceptions=False)
     assert out.exit_code == 0 and mutagen_genres(target) == ["Shoegaze"], out.output
+
+
+def test_the_scan_says_when_it_waits_for_the_model_and_when_predictions_start(library, tmp_path, tiny_wav2vec2):
+    phases = []
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2), on_phase=lambda *p: phases.append(p))
+    model_id = str(tiny_wav2vec2)
+    assert phases == [("loading", model_id), ("predicting", model_id)]
+    phases.clear()
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2), on_phase=lambda *p: phases.append(p))
+    assert phases == []  # everything came from the index: no model was loaded
+
+
+def test_the_rate_counts_from_the_first_prediction():
+    from tagger.reporting.views import PredictionRate
+
+    now = [100.0]
+    rate = PredictionRate(clock=lambda: now[0])
+    assert rate.text() == ""
+    rate.add()  # the first prediction, after however long the model took to load
+    now[0] += 2.0
+    rate.add()
+    rate.add()
+    assert rate.per_second() == 1.0 and rate.text() == "1.00 tracks/s"
