@@ -43,8 +43,8 @@ class Rules:
 @dataclass(frozen=True)
 class Decision:
     action: str  # PREDICT or FROM_INDEX
-    row: dict | None = None  # the stored prediction, its genres decided again under the rules
-    # (``genres``, when present, is what the file's tags held when the index last read them)
+    row: dict | None = None  # the stored prediction (JSON columns parsed), its genres decided again
+    # under the rules; ``genres`` is what the file's tags held when the index last read them (or None)
     relabelled: bool = False  # the decided genres differ from the stored ones
     write: bool = False  # write the genres into the file now
     pending: bool = False  # genres the file does not hold, on a run that does not write them
@@ -58,31 +58,37 @@ def decide(size: int, mtime_ns: int, row: dict | None, rules: Rules) -> Decision
     decided = decided_again(row, rules)
     if decided is None:
         return Decision(PREDICT)
-    relabelled = (decided["status"], decided["labels"]) != (row["status"], row["labels"])
+    relabelled = decided is not row
     if decided["status"] != OK or decided["written"]:
         return Decision(FROM_INDEX, decided, relabelled)
-    in_file = row.get("genres") is not None and json.loads(row["genres"]) == json.loads(decided["labels"])
+    in_file = decided["genres"] == decided["labels"]
     return Decision(FROM_INDEX, decided, relabelled, write=rules.write_tags,
                     pending=not rules.write_tags and not in_file)
 
 
 def decided_again(row: dict, rules: Rules) -> dict | None:
-    """``row`` with its status, labels and scores decided again from its stored ranking under the
-    rules' ``top_k``, thresholds and level, ``written`` cleared when that changes them (the file then does not
-    hold them). None when the index cannot decide: the ranking went through another label map, or
-    ``top_k`` asks for more genres than were stored; the track is then predicted again. Failures, and
-    rows without a ranking, stand as stored."""
-    if row["status"] not in (OK, ABSTAINED):
-        return row
+    """The row with ``labels`` and ``scores`` as lists: ``row`` itself when this scan decides as the
+    stored prediction did (its labels and scores then read from the ranking, not parsed), else a copy with the status, labels and
+    scores decided again from its stored ranking under the rules' ``top_k``, thresholds and level, and
+    ``written`` cleared (the file does not hold them). None when the index cannot decide: the ranking went
+    through another label map, or ``top_k`` asks for more genres than were stored; the track is then
+    predicted again. Failures, and rows without a ranking, stand as stored."""
+    ranking = row["ranking"]
+    if row["status"] not in (OK, ABSTAINED) or not ranking:
+        return _with_stored_choice(row)
     if row["label_map"] not in (None, rules.label_map):
         return None
-    ranking = [(label, score) for label, score in json.loads(row["ranking"] or "[]")]
-    if not ranking:
-        return row
     if rules.top_k > len(ranking) < rules.genre_count:  # more asked for than was stored
         return None
     status, labels, scores = choose_genres(ranking, rules.top_k, rules.min_confidence, rules.thresholds,
                                            rules.parents)
-    if status == row["status"] and labels == json.loads(row["labels"]):
+    if status == row["status"] and json.dumps(labels) == row["labels"]:  # stored as json.dumps wrote it
+        row["labels"], row["scores"] = labels, scores  # the same choice (scores from the rounded ranking)
         return row
-    return {**row, "status": status, "labels": json.dumps(labels), "scores": json.dumps(scores), "written": 0}
+    return {**row, "status": status, "labels": labels, "scores": scores, "written": 0}
+
+
+def _with_stored_choice(row: dict) -> dict:
+    if isinstance(row["labels"], str):
+        row["labels"], row["scores"] = json.loads(row["labels"]), json.loads(row["scores"] or "[]")
+    return row

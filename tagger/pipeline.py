@@ -213,12 +213,10 @@ class _Scan:
         write the genres if asked, and report the track. False if its write found the file changed: it
         is predicted again instead."""
         row = decision.row
-        result = TrackResult(track.path, row["status"], labels=json.loads(row["labels"] or "[]"),
-                             scores=json.loads(row["scores"] or "[]"),
-                             ranking=[(label, score) for label, score in json.loads(row["ranking"] or "[]")],
-                             windows=row["windows"] or 0, duration=row["duration"], codec=row["codec"],
-                             error=row["error"], size=track.size, mtime_ns=track.mtime_ns,
-                             tags={"genres": json.loads(row["genres"])} if row["genres"] is not None else None,
+        result = TrackResult(track.path, row["status"], labels=row["labels"], scores=row["scores"],
+                             ranking=row["ranking"], windows=row["windows"] or 0, duration=row["duration"],
+                             codec=row["codec"], error=row["error"], size=track.size, mtime_ns=track.mtime_ns,
+                             tags={"genres": row["genres"]} if row["genres"] is not None else None,
                              source=FROM_INDEX, relabelled=decision.relabelled, pending=decision.pending)
         if decision.relabelled:
             self.relabelled.append({"path": row["path"], "status": row["status"], "labels": result.labels,

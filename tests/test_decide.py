@@ -2,8 +2,6 @@
 what a scan does with a track the index knows (decide.py)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -44,8 +42,8 @@ def test_rank_labels_is_the_mean_over_windows_best_first():
 
 def row(**overrides) -> dict:
     base = {"path": "/m/a.flac", "size": 100, "mtime_ns": 7, "status": "ok", "written": 0,
-            "labels": json.dumps(["Rock"]), "scores": json.dumps([0.62]), "ranking": json.dumps(RANKING),
-            "label_map": "map1", "windows": 3, "error": None, "duration": 200.0, "codec": "flac", "genres": "[]"}
+            "labels": '["Rock"]', "scores": "[0.62]", "ranking": RANKING,
+            "label_map": "map1", "windows": 3, "error": None, "duration": 200.0, "codec": "flac", "genres": []}
     return {**base, **overrides}
 
 
@@ -60,7 +58,7 @@ def rules(**overrides) -> Rules:
     (row(mtime_ns=8), rules(), "mtime changed"),
     (row(), rules(rescan=True), "--rescan"),
     (row(label_map="other"), rules(), "another label map"),
-    (row(ranking=json.dumps(RANKING[:2])), rules(top_k=3), "more genres asked for than stored"),
+    (row(ranking=RANKING[:2]), rules(top_k=3), "more genres asked for than stored"),
 ])
 def test_what_is_predicted_again(stored, given, why):
     assert decide(100, 7, stored, given).action == PREDICT, why
@@ -75,7 +73,7 @@ def test_an_unwritten_prediction_is_written_or_pending():
     assert decide(100, 7, row(), rules(write_tags=True)).write
     pending = decide(100, 7, row(), rules(write_tags=False))
     assert pending.pending and not pending.write
-    in_file = decide(100, 7, row(genres=json.dumps(["Rock"])), rules(write_tags=False))
+    in_file = decide(100, 7, row(genres=["Rock"]), rules(write_tags=False))
     assert not in_file.pending  # the file holds those genres already
 
 
@@ -85,7 +83,7 @@ def test_an_unwritten_prediction_is_written_or_pending():
 def test_genres_are_decided_again_from_the_stored_ranking(threshold, expected_status, expected_labels):
     decision = decide(100, 7, row(written=1), rules(min_confidence=threshold))
     assert decision.action == FROM_INDEX
-    assert (decision.row["status"], json.loads(decision.row["labels"])) == (expected_status, expected_labels)
+    assert (decision.row["status"], decision.row["labels"]) == (expected_status, expected_labels)
     assert decision.relabelled == (expected_status != "ok")
     if decision.relabelled:
         assert decision.row["written"] == 0 and not decision.write
@@ -93,10 +91,10 @@ def test_genres_are_decided_again_from_the_stored_ranking(threshold, expected_st
 
 def test_a_wider_top_k_relabels_and_asks_for_a_write():
     decision = decide(100, 7, row(written=1), rules(top_k=2, min_confidence=0.3, write_tags=True))
-    assert json.loads(decision.row["labels"]) == ["Rock", "Pop"] and decision.relabelled and decision.write
+    assert decision.row["labels"] == ["Rock", "Pop"] and decision.relabelled and decision.write
 
 
 def test_a_failure_is_served_as_stored():
-    failed = row(status="failed", labels="[]", scores="[]", ranking=None, error="no audio")
+    failed = row(status="failed", labels="[]", scores="[]", ranking=[], error="no audio")
     decision = decide(100, 7, failed, rules(write_tags=True))
     assert (decision.action, decision.row["status"], decision.write) == (FROM_INDEX, "failed", False)
