@@ -151,10 +151,12 @@ class UndoView(_LiveView):
         self.progress.update(self.task, total=count)
         self.progress.start()
 
-    def file(self, path: str, error: str | None) -> None:
+    def file(self, path: str, error: str | None, note: str | None = None) -> None:
         self.progress.advance(self.task)
         if error:
             self.err.print(f"[red]error:[/] {escape(shown_path(error))}")  # names as `scan` shows them
+        elif note:
+            self.err.print(f"[yellow]note:[/] {escape(shown_path(path))}: {escape(note)}")
 
 
 def _planned_row(result) -> tuple[str, str, str, str]:
