@@ -150,15 +150,16 @@ def undo(paths, run_id, force, keep_mtime, db):
 
 
 def _undo_line(summary) -> str:
+    """``Restored N file(s); M failed.`` and how: byte for byte, or by their genre fields only."""
+    line = f"Restored {summary.restored} file(s); {summary.failed} failed."
     exact = summary.restored - summary.fields_only
-    parts = [f"Restored {summary.restored} file(s)"]
-    if summary.restored:
-        parts[0] += f": {exact} byte for byte (sha256 checked, original modification time)"
-        if summary.fields_only:
-            parts[0] += f", {summary.fields_only} by their genre fields only"
+    if exact:
+        line += f" {exact} byte for byte (sha256 checked, original modification time)."
+    if summary.fields_only:
+        line += f" {summary.fields_only} by their genre fields only (not byte for byte)."
     if summary.cancelled:
-        parts.append(f"{summary.cancelled} write(s) of a running scan cancelled before they were made")
-    return "; ".join(parts + [f"{summary.failed} failed."])
+        line += f" {summary.cancelled} write(s) of a running scan cancelled before they were made."
+    return line
 
 
 @cli.command()

@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import FileChanged, GenretagError, TagWriteError
-from ..index import UNDO_PAGE, Index, now, path_key, process_alive, undo_path_keys
+from .. import index as index_module
+from ..index import Index, now, path_key, process_alive, undo_path_keys
 from . import tags
 
 ERRORS_KEPT = 100
@@ -88,12 +89,15 @@ class Journal:
         self.index, self.db, self.run_id = index, index.db, run_id
 
     # -- a scan's writes ---------------------------------------------------------------------------------
-    def begin(self, path: str, new_genres: list[str], prediction: tuple | None = None) -> Entry:
-        """Journal a write *before* it happens (write-ahead): the file's genre fields now, the genres
-        planned, and the temp file the write will use. ``prediction``, ``(TrackResult, model_id,
-        fingerprint, label_map, ranking_kept)``, is committed in the same transaction, so that a crash
-        during the write leaves the prediction in the index (the next scan writes it from the cache)."""
-        before, old = tags.snapshot_genres(path), tags.read_genres(path)
+    def begin(self, path: str, new_genres: list[str], prediction: tuple | None = None, *,
+              before: dict | None = None, old_genres: list[str] | None = None) -> Entry:
+        """Journal a write *before* it happens (write-ahead): the file's genre fields now (``before``,
+        ``old_genres``: read from the file unless given), the genres planned, and the temp file the write
+        will use. ``prediction``, ``(TrackResult, model_id, fingerprint, label_map, ranking_kept)``, is
+        committed in the same transaction, so that a crash during the write leaves the prediction in the
+        index (the next scan writes it from the cache)."""
+        before = tags.snapshot_genres(path) if before is None else before
+        old = tags.read_genres(path) if old_genres is None else old_genres
         temp = tags.temp_path(path)
         with self.index._tx():
             if prediction is not None:
@@ -266,9 +270,10 @@ class Journal:
         while True:
             page = [dict(zip(_LIST, row)) for row in self.db.execute(
                 f"select {', '.join(_LIST)} from tag_writes where state in (?, ?, ?) and {where}"
-                f"{' and seq < ?' if below else ''} order by seq desc limit {UNDO_PAGE}", [*OPEN, *args, *below])]
+                f"{' and seq < ?' if below else ''} order by seq desc limit {index_module.UNDO_PAGE}",
+                [*OPEN, *args, *below])]
             yield from page
-            if len(page) < UNDO_PAGE:
+            if len(page) < index_module.UNDO_PAGE:
                 return
             below = [page[-1]["seq"]]
 
@@ -415,9 +420,9 @@ def undo(db_path, run_id: int | None = None, paths: list[str] | None = None,
     ``keep_mtime`` keeps the modification time of a field-level restore (an exact one always gives
     back the original's).
 
-    ``on_total`` is told how many writes there are to undo before the first, ``on_file(path, error,
-    note)`` each one as it is done, with the reason it failed or None, and a note for a restore that is
-    not byte for byte, so that a long undo can show its progress and its errors as they happen."""
+    ``on_total`` is told how many writes there are to undo before the first,
+    ``on_file(path, error)`` each one as it is done, with the reason it failed or None (and a third
+    argument, a note, for a restore that is not byte for byte), so that a long undo can show its progress and its errors as they happen."""
     summary = UndoSummary()
     on_file = on_file or (lambda path, error, note=None: None)
     with Index(db_path, create=False) as index:
@@ -474,7 +479,7 @@ def _undo_one(journal: Journal, write: dict, summary: UndoSummary, failed_paths:
         return
     if outcome == "cancelled":
         summary.cancelled += 1
-    note = None
     if outcome == "fields":
-        note = f"{FIELDS_NOTE} ({'--force' if force else 'written by a genretag without undo data'})"
-    on_file(path, None, note)
+        on_file(path, None, f"{FIELDS_NOTE} ({'--force' if force else 'written by a genretag without undo data'})")
+    else:
+        on_file(path, None)
