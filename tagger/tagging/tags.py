@@ -465,7 +465,9 @@ def _undo_data(label: str, real: str, tmp: str, before_sha: str, limit: int) -> 
     """(undo data, sha256 before, sha256 after) for the write of ``real`` as ``tmp``; the data is checked
     by rebuilding the original from it (hashed, not written) before the write may go on."""
     try:
-        data = call(label, delta.make, real, tmp, limit, write=True, what="recording the undo data: ")
+        data = delta.make(real, tmp, limit)
+    except OSError as exc:
+        raise TagWriteError(label, f"recording the undo data: {error_reason(exc)}") from None
     except delta.UndoTooLarge as exc:
         raise TagWriteError(label, f"the data to undo this write exactly would take {exc.size / 1e6:.1f} MB "
                                    f"(limit {exc.limit / 1e6:.1f} MB); not written") from None
