@@ -101,9 +101,9 @@ def test_scan_then_undo_gives_back_every_format_byte_for_byte(formats, tmp_path,
     assert scan(formats, db, tiny_wav2vec2).exit_code == 0
     assert all(state(formats / name) != before[name] for name in before), "a file was not written"
     out = undo(db, "--keep-mtime")
+    assert {p.name: state(p) for p in formats.iterdir()} == before
     assert out.exit_code == 0, out.output
     assert f"Restored {len(before)} file(s); 0 failed. {len(before)} byte for byte" in out.stdout
-    assert {p.name: state(p) for p in formats.iterdir()} == before
     history = json.loads(CliRunner().invoke(cli, ["history", "--db", str(db), "--json"]).output)
     assert [(r["command"], r["writes"]) for r in history] == [("undo", 0), ("scan", len(before))]
 
@@ -306,6 +306,7 @@ def test_an_undo_during_a_scan_cancels_a_write_not_yet_made(one_flac, tmp_path, 
                          timeout=120)
     (tmp_path / "go").touch()
     stdout, stderr = scanning.communicate(timeout=120)
+    assert state(one_flac) == before
     assert out.returncode == 0 and "1 write(s) of a running scan cancelled" in out.stdout, out.stdout + out.stderr
     assert scanning.returncode == EXIT_FILES_FAILED, stderr
     assert "cancelled by undo run 2 before it was written; not written" in stderr
