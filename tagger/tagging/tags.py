@@ -74,10 +74,14 @@ Safety
       (``verify=True``) its decoded audio must hash like the original's, then it is fsynced,
       ``os.replace``-d onto the original and the folder is fsynced. A kill at any moment leaves
       the original as it was or fully written; a killed writer leaves at most one temp file,
-      which :func:`cleanup_stale_temps` (or ``TEMP_RE``) recognises. Its name has no audio
+      which :func:`cleanup_stale_temps` (or ``TEMP_RE``) recognises; the journal records each
+      write's temp name, so the next scan or undo removes the ones its writers left. Its name has no audio
       extension, so extension-based scanners skip it (they should skip ``TEMP_RE`` names anyway).
-    * Mode bits, xattrs and (as root) owner/group are copied to the new file; ``keep_mtime``
-      also restores atime/mtime. A symlink is followed: its target is rewritten, the link stays.
+    * The new file keeps the owner and group: the (empty) temp file is given them before anything
+      is copied, and where the process may not (another user's file, a group it is not in, as a
+      setgid folder would give), the write is refused with one line naming the owner or group —
+      never a silent change of ownership. Mode bits and xattrs are copied; ``keep_mtime`` also
+      restores atime/mtime. A symlink is followed: its target is rewritten, the link stays.
     * Refused with ``TagWriteError``, file untouched, no temp left: no write permission bit on
       the file (checked on the mode bits even as root, who could write anyway), a folder where
       the temp cannot be created, a full disk, and **hard-linked files** (``st_nlink > 1``):
@@ -91,20 +95,30 @@ Safety
       (another scan or an undo, on the same index or another one) waits for it — up to
       ``WRITE_LOCK_SECONDS``, then ``TagWriteError`` — and then finds the file replaced, so it
       raises ``FileChanged`` instead of overwriting the first writer's result with tags planned
-      from the old file. The lock is advisory: programs that do not take it are caught by the
-      stat checks above.
+      from the old file. :func:`file_lock` holds the same lock across several steps (undo compares
+      the file with its journal and restores it under it; pass it on as ``lock=``). The lock is
+      advisory: programs that do not take it are caught by the stat checks above.
     * Audio without a decodable stream cannot be verified: ``verify=True`` then refuses.
     * Every failure is a one-line ``TagReadError`` (reading) or ``TagWriteError`` /
       ``UnsupportedFormat`` / ``FileChanged`` (writing and restoring) naming the file.
 
 Undo
-    :func:`snapshot_genres` returns ``{"format": <mutagen class>, "fields": {...}}`` with the
-    raw value of every field genretag may touch in *this* file (``None`` = absent); e.g. MP3:
-    ``TCON`` text list, ``TXXX:GENRETAG``, ``ID3v1:genre`` (byte, None = no v1 tag), and
+    Exact: ``write_genres(..., record_undo=True)`` (or with ``before_replace``, the journal's hook)
+    returns an :class:`UndoRecord` in ``TagChange.undo``: the sha256 of the whole file before and
+    after, its size and times before, and undo data (:mod:`.delta`, a few kB) that rebuilds the
+    original from the written file; the data is checked by rebuilding the original's hash before
+    the rename, and a write whose data would pass ``undo_limit`` is refused. :func:`restore_exact`
+    gives the original back byte for byte with its modification and access times, only while the
+    file holds exactly what the write left, with the same atomic rules.
+
+    Field-level: :func:`snapshot_genres` returns ``{"format": <mutagen class>, "fields": {...}}``
+    with the raw value of every field genretag may touch in *this* file (``None`` = absent); e.g.
+    MP3: ``TCON`` text list, ``TXXX:GENRETAG``, ``ID3v1:genre`` (byte, None = no v1 tag), and
     ``APEv2:Genre`` / WAV ``INFO:IGNR`` / FLAC ``VC2:GENRE``, ``ID3v2:TCON`` where those tags
     exist. :func:`restore_genres` writes it back with the same safety rules; a field that was
-    absent (None) is removed again. Snapshot equality is the undo test: after
-    ``restore_genres(p, change.before)``, ``snapshot_genres(p) == change.before``.
+    absent (None) is removed again. The rest of the file is as mutagen writes it (padding, frame
+    order), so this is what undo uses only when asked to (``--force``) or for journals without
+    undo data. After ``restore_genres(p, change.before)``, ``snapshot_genres(p) == change.before``.
 """
 from __future__ import annotations
 
