@@ -7,7 +7,8 @@ scan writes (copy, mutagen, read-back, fsync, rename) without and then with the 
 back with ``restore_exact``; every file must then hash like the original and keep its modification time:
 
 * the bench library (``bench/library.py``: 3–5 min tracks, 44.1 kHz stereo, six formats);
-* every writable file of mutagen's corpus (``../shared/corpus/mutagen-data``);
+* every writable file of mutagen's corpus (``../shared/corpus/mutagen-data``, or
+  ``$GENRETAG_MUTAGEN_CORPUS``);
 * large files (``--large-minutes``, one process each, peak RSS measured): an MP3, a WAV and an Ogg Vorbis
   whose comment header is padded to just under a page, so that the write adds a page and mutagen
   renumbers (new sequence number and CRC) every later page of the file: the worst case for undo data.
@@ -33,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CORPUS = ROOT.parent / "shared" / "corpus" / "mutagen-data"
+CORPUS = Path(os.environ.get("GENRETAG_MUTAGEN_CORPUS", ROOT.parent / "shared" / "corpus" / "mutagen-data"))
 GENRES = ["Rock", "Shoegaze"]
 PROVENANCE = "model=builtin:musicnn-msd;fp=0123456789abcdef;score=0.8123;labels=Rock,Shoegaze"
 OLD = 978_307_200 * 10**9
@@ -164,7 +165,9 @@ def _header_pages(path: Path) -> int:
 
 def large_child(path: Path, work: Path) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = measure(path, work)
+    out = work / "out-large"
+    out.mkdir(exist_ok=True)
+    result = measure(path, out)
     result["peak_MiB"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1)
     return result
 

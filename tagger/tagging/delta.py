@@ -1,27 +1,28 @@
 """Undo data: what turns a file as genretag wrote it back into the original, byte for byte.
 
 A tag write changes little of a file, but not always in one place: a grown ID3v2 tag shifts the audio
-after it and the ID3v1 genre byte at the end changes too; a WAV gets a new chunk at the end and a new
-RIFF size at the start; mutagen's Ogg writer renumbers every later page when the comment header's page
-count changes, so a sequence number and a CRC change in every page of the file. The original ``O`` is
-therefore described against the written file ``W`` (``d = len(W) - len(O)``) in three parts:
+after it and the ID3v1 genre byte at the end changes too; a WAV gets a longer LIST/INFO chunk near the
+start, a new ``id3 `` chunk at the end and a new RIFF size; mutagen's Ogg writer renumbers every later
+page when the comment header's page count changes, so a sequence number and a CRC change in every page.
+The original ``O`` is therefore described against the written file ``W`` as a series of **segments**
+that tile both files in order:
 
-* the **head** ``O[0:a]`` lines up with ``W[0:a]``;
-* the **tail** ``O[b:]`` lines up with the end of ``W``, ``W[b+d:]``;
-* the **middle** ``O[a:b]``, where the tag itself was rewritten (frames reordered, padding resized,
-  a picture moved), is compressed with zstd using ``W[a:b+d]`` as its prefix, so that whatever moved
-  inside the tag costs a reference, not a copy.
+* an **aligned** segment, ``O[x:y]`` against ``W[x+s:y+s]`` for one shift ``s``, is kept as the XOR of
+  the two, run by run (zlib): nothing where they agree, a few bytes per page where only sequence numbers
+  and CRCs differ. It grows block by block while fewer than one byte in ``SPARSE`` differs;
+* a **rewritten** segment (the tag itself: frames reordered, padding resized, a picture moved) is
+  compressed with zstd using its counterpart in ``W`` as the prefix, so whatever moved costs a reference.
 
-Head and tail are kept as the XOR of the aligned bytes, run by run (zlib): nothing where they agree, a
-few bytes per page where only sequence numbers and CRCs differ. Each extends from its end of the file
-block by block while fewer than one byte in ``SPARSE`` differs, so a changed RIFF size or a renumbered
-page does not stop it. Everything is read in ``BLOCK`` pieces; only the middle is held in memory, and
-a middle over ``MIDDLE_LIMIT`` (never seen: it would mean a tag of that size rewritten differently) or
-undo data over the caller's limit raises :class:`UndoTooLarge`.
+The head (shift 0) and the tail (shift ``len(W) - len(O)``) are found first; what lies between is
+split where a probe from its middle is found again in ``W`` (another shift), recursively, and the rest
+is compressed. Files are read in ``BLOCK`` pieces; only a rewritten segment is held in memory, and one
+over ``MIDDLE_LIMIT`` or undo data over the caller's limit raises :class:`UndoTooLarge`. Rebuilding reads
+``W`` once, start to end, and hashes it on the way: the caller checks it is the file the data is for.
 
-Layout: ``b"GTU1"``, four little-endian uint64 (``len(O)``, ``len(W)``, ``a``, ``b``), then three
-sections, each a uint64 length and its bytes: head runs, tail runs (zlib; each run a LEB128 gap, a
-LEB128 length and that many XOR bytes), and the middle (a zstd frame, empty when ``a == b``).
+Layout: ``b"GTU2"``, three little-endian uint64 (``len(O)``, ``len(W)``, segment count), then per segment
+a kind byte (0 aligned, 1 rewritten), three uint64 (length in ``O``, length in ``W``, payload length)
+and the payload (aligned: zlib of runs, each a LEB128 gap, a LEB128 length and that many XOR bytes;
+rewritten: a zstd frame, empty when the segment is empty in ``O``).
 """
 from __future__ import annotations
 
@@ -31,19 +32,24 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-MAGIC = b"GTU1"
+MAGIC = b"GTU2"
 BLOCK = 1 << 16
 SPARSE = 16
 """A block still lines up while at most one byte in this many differs (a renumbered Ogg page: 8 of 4,096)."""
 GAP = 8
 """Differences closer than this are kept as one run (a gap costs less than a new run's header)."""
 MIDDLE_LIMIT = 32 << 20
-"""The largest rewritten middle kept (it is compressed in memory, with its prefix)."""
+"""The largest rewritten segment kept (it is compressed in memory, with its prefix)."""
+SPLIT_ABOVE = 1 << 20
+"""A middle larger than this is searched for a part that lines up with another shift before compressing."""
+MAX_DEPTH = 8
+PROBE = 4096
 ZSTD_LEVEL = 6
 READ = 1 << 20
+ALIGNED, REWRITTEN = 0, 1
 
-_HEADER = struct.Struct("<4sQQQQ")
-_LEN = struct.Struct("<Q")
+_HEADER = struct.Struct("<4sQQQ")
+_SEGMENT = struct.Struct("<BQQQ")
 
 
 class UndoTooLarge(Exception):
@@ -60,27 +66,25 @@ def make(original: str, written: str, limit: int) -> bytes:
     try:
         lo, lw = os.fstat(fo).st_size, os.fstat(fw).st_size
         d = lw - lo
-        a, head = _aligned_head(fo, fw, min(lo, lw))
-        b, tail = _aligned_tail(fo, fw, lo, lw, a + max(0, -d))
-        if b - a > MIDDLE_LIMIT or b + d - a > MIDDLE_LIMIT:
-            raise UndoTooLarge(max(b - a, b + d - a), limit)
-        middle = _compress_middle(_pread(fo, b - a, a), _pread(fw, b + d - a, a))
+        a, head = _extend(fo, fw, 0, 0, min(lo, lw), forward=True)
+        b, tail = _extend(fo, fw, lo, d, a + max(0, -d), forward=False)
+        segments = [_aligned(0, a, head), *_split(fo, fw, a, b, a, b + d, limit, 0), _aligned(b, lo, tail)]
     finally:
         os.close(fo)
         os.close(fw)
-    sections = [zlib.compress(bytes(head), 6), zlib.compress(bytes(tail), 6), middle]
-    data = _HEADER.pack(MAGIC, lo, lw, a, b) + b"".join(_LEN.pack(len(s)) + s for s in sections)
-    if len(data) > limit:
-        raise UndoTooLarge(len(data), limit)
-    return data
+    data = bytearray(_HEADER.pack(MAGIC, lo, lw, len(segments)))
+    for kind, o_len, w_len, payload in segments:
+        data += _SEGMENT.pack(kind, o_len, w_len, len(payload)) + payload
+        if len(data) > limit:
+            raise UndoTooLarge(len(data), limit)
+    return bytes(data)
 
 
 def rebuild(written: str, data: bytes, out=None) -> tuple[str, str]:
     """Read ``written`` once, start to end, and rebuild the original from it and ``data``, writing it to
     the binary file ``out`` (if given). Returns the sha256 hex digests of ``written`` and of the
     rebuilt original: the caller compares them with the journal's before deciding anything."""
-    lo, lw, a, b, head, tail, middle = _parse(data)
-    d = lw - lo
+    lo, lw, segments = _parse(data)
     seen, made = hashlib.sha256(), hashlib.sha256()
 
     def emit(chunk) -> None:
@@ -92,12 +96,16 @@ def rebuild(written: str, data: bytes, out=None) -> tuple[str, str]:
     try:
         if os.fstat(fw).st_size != lw:
             return _sha256_fd(fw), ""
-        _xor_region(fw, 0, a, _runs(head), seen, emit)
-        prefix = _pread(fw, b + d - a, a)
-        seen.update(prefix)
-        if b > a:
-            emit(_decompress_middle(middle, prefix))
-        _xor_region(fw, b + d, lo - b, _runs(tail), seen, emit)
+        at = 0
+        for kind, o_len, w_len, payload in segments:
+            if kind == ALIGNED:
+                _xor_region(fw, at, o_len, _runs(zlib.decompress(payload)), seen, emit)
+            else:
+                prefix = _pread(fw, w_len, at)
+                seen.update(prefix)
+                if o_len:
+                    emit(_decompress(payload, prefix))
+            at += w_len
     finally:
         os.close(fw)
     return seen.hexdigest(), made.hexdigest()
@@ -111,83 +119,95 @@ def file_sha256(path: str) -> str:
         os.close(fd)
 
 
-# -- finding the aligned ends ----------------------------------------------------------------------------
-def _aligned_head(fo: int, fw: int, end: int) -> tuple[int, bytearray]:
-    """How far ``O`` and ``W`` line up from the start, and the runs where they differ there."""
-    runs, pos, last = bytearray(), 0, 0
-    while pos < end:
-        n = min(BLOCK, end - pos)
-        o, w = _pread(fo, n, pos), _pread(fw, n, pos)
+# -- finding what lines up -------------------------------------------------------------------------------
+def _extend(fo: int, fw: int, start: int, shift: int, bound: int, forward: bool) -> tuple[int, list]:
+    """How far from ``start`` (towards ``bound``) ``O[i]`` lines up with ``W[i + shift]``, block by block
+    while the blocks differ sparsely: the end reached, and the runs where they differ, as
+    ``(position in O, xor bytes)`` in file order."""
+    runs, pos = [], start
+    while (pos < bound) if forward else (pos > bound):
+        n = min(BLOCK, abs(bound - pos))
+        at = pos if forward else pos - n
+        o, w = _pread(fo, n, at), _pread(fw, n, at + shift)
         if o != w:
             x = _xor(o, w)
             nz = _nonzero(x)
-            if len(nz) * SPARSE > n:
-                first = pos + int(nz[0])
-                return first, runs
-            last = _add_runs(runs, x, nz, pos, last)
-        pos += n
-    return end, runs
+            if len(nz) * SPARSE > n:  # no longer lined up: stop at its first (last) difference
+                end = at + int(nz[0]) if forward else at + int(nz[-1]) + 1
+                return end, runs if forward else runs[::-1]
+            found = _block_runs(x, nz, at)
+            runs += found if forward else found[::-1]
+        pos = at + n if forward else at
+    return pos, runs if forward else runs[::-1]
 
 
-def _aligned_tail(fo: int, fw: int, lo: int, lw: int, low: int) -> tuple[int, bytearray]:
-    """Where ``O`` starts lining up with the end of ``W`` (not below ``low``), and the runs where they
-    differ after that point (offsets from it)."""
-    d = lw - lo
-    b, found = lo, []  # blocks found from the end, each (start in O, xor, nonzero)
-    while b > low:
-        n = min(BLOCK, b - low)
-        start = b - n
-        o, w = _pread(fo, n, start), _pread(fw, n, start + d)
-        if o != w:
-            x = _xor(o, w)
-            nz = _nonzero(x)
-            if len(nz) * SPARSE > n:
-                return _tail_runs(found, start + int(nz[-1]) + 1)
-            found.append((start, x, nz))
-        b = start
-    return _tail_runs(found, b)
-
-
-def _tail_runs(found: list, b: int) -> tuple[int, bytearray]:
-    runs, last = bytearray(), 0
-    for start, x, nz in reversed(found):
-        last = _add_runs(runs, x, nz, start - b, last)
-    return b, runs
-
-
-def _add_runs(runs: bytearray, x, nz, base: int, last: int) -> int:
-    """Append the runs of ``x`` (a block at ``base``) whose differing bytes are ``nz``; ``last`` is where
-    the previous run ended. Returns where the last one ends."""
+def _block_runs(x, nz, base: int) -> list[tuple[int, bytes]]:
     import numpy as np
 
-    if not len(nz):
-        return last
     cut = np.flatnonzero(np.diff(nz) > GAP) + 1
-    starts = nz[np.concatenate(([0], cut))]
-    ends = nz[np.concatenate((cut - 1, [len(nz) - 1]))] + 1
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        runs += _varint(base + s - last) + _varint(e - s) + x[s:e].tobytes()
-        last = base + e
-    return last
+    starts = nz[np.concatenate(([0], cut))].tolist()
+    ends = (nz[np.concatenate((cut - 1, [len(nz) - 1]))] + 1).tolist()
+    return [(base + s, x[s:e].tobytes()) for s, e in zip(starts, ends)]
 
 
-# -- the middle ------------------------------------------------------------------------------------------
+def _split(fo: int, fw: int, o0: int, o1: int, w0: int, w1: int, limit: int, depth: int) -> list:
+    """Segments for ``O[o0:o1]`` against ``W[w0:w1]``: a part found lined up with another shift (by a
+    probe from the middle) is kept aligned and the two sides split again; the rest is rewritten."""
+    if o1 - o0 <= SPLIT_ABOVE or depth >= MAX_DEPTH:
+        return [_rewritten(fo, fw, o0, o1, w0, w1, limit)]
+    m = o0 + (o1 - o0 - PROBE) // 2
+    found = _find(fw, _pread(fo, PROBE, m), w0, w1)
+    if found is None:
+        return [_rewritten(fo, fw, o0, o1, w0, w1, limit)]
+    shift = found - m
+    y, after = _extend(fo, fw, m, shift, min(o1, w1 - shift), forward=True)
+    x, before = _extend(fo, fw, m, shift, max(o0, w0 - shift), forward=False)
+    return [*_split(fo, fw, o0, x, w0, x + shift, limit, depth + 1), _aligned(x, y, before + after),
+            *_split(fo, fw, y, o1, y + shift, w1, limit, depth + 1)]
+
+
+def _find(fw: int, probe: bytes, w0: int, w1: int) -> int | None:
+    """Where ``probe`` occurs in ``W[w0:w1]``, or None (read in pieces)."""
+    pos = w0
+    while pos < w1:
+        chunk = _pread(fw, min(8 * READ + len(probe), w1 - pos), pos)
+        at = chunk.find(probe)
+        if at >= 0:
+            return pos + at
+        pos += 8 * READ
+    return None
+
+
+def _aligned(o0: int, o1: int, runs: list) -> tuple:
+    encoded, last = bytearray(), o0
+    for at, x in runs:
+        encoded += _varint(at - last) + _varint(len(x)) + x
+        last = at + len(x)
+    return ALIGNED, o1 - o0, o1 - o0, zlib.compress(bytes(encoded), 6)
+
+
+def _rewritten(fo: int, fw: int, o0: int, o1: int, w0: int, w1: int, limit: int) -> tuple:
+    if max(o1 - o0, w1 - w0) > MIDDLE_LIMIT:
+        raise UndoTooLarge(o1 - o0, limit)
+    frame = _compress(_pread(fo, o1 - o0, o0), _pread(fw, w1 - w0, w0)) if o1 > o0 else b""
+    return REWRITTEN, o1 - o0, w1 - w0, frame
+
+
 def _window_log(size: int) -> int:
     return min(27, max(10, size.bit_length()))
 
 
-def _compress_middle(o: bytes, w: bytes) -> bytes:
+def _compress(o: bytes, w: bytes) -> bytes:
     import pyzstd
 
-    if not o:
-        return b""
     option = {pyzstd.CParameter.compressionLevel: ZSTD_LEVEL,
-              pyzstd.CParameter.windowLog: _window_log(len(o) + len(w))}
+              pyzstd.CParameter.windowLog: _window_log(len(o) + len(w)),
+              pyzstd.CParameter.enableLongDistanceMatching: int(len(o) + len(w) > SPLIT_ABOVE)}
     prefix = pyzstd.ZstdDict(w, is_raw=True).as_prefix if w else None
     return pyzstd.compress(o, level_or_option=option, zstd_dict=prefix)
 
 
-def _decompress_middle(frame: bytes, w: bytes) -> bytes:
+def _decompress(frame: bytes, w: bytes) -> bytes:
     import pyzstd
 
     prefix = pyzstd.ZstdDict(w, is_raw=True).as_prefix if w else None
@@ -195,17 +215,17 @@ def _decompress_middle(frame: bytes, w: bytes) -> bytes:
 
 
 # -- rebuilding ------------------------------------------------------------------------------------------
-def _parse(data: bytes):
+def _parse(data: bytes) -> tuple[int, int, list]:
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise ValueError("not genretag undo data")
-    _magic, lo, lw, a, b = _HEADER.unpack_from(data)
-    pos, sections = _HEADER.size, []
-    for _ in range(3):
-        (n,) = _LEN.unpack_from(data, pos)
-        sections.append(data[pos + _LEN.size:pos + _LEN.size + n])
-        pos += _LEN.size + n
-    head, tail = zlib.decompress(sections[0]), zlib.decompress(sections[1])
-    return lo, lw, a, b, head, tail, sections[2]
+    _magic, lo, lw, count = _HEADER.unpack_from(data)
+    pos, segments = _HEADER.size, []
+    for _ in range(count):
+        kind, o_len, w_len, n = _SEGMENT.unpack_from(data, pos)
+        pos += _SEGMENT.size
+        segments.append((kind, o_len, w_len, data[pos:pos + n]))
+        pos += n
+    return lo, lw, segments
 
 
 def _runs(encoded: bytes) -> Iterator[tuple[int, bytes]]:
