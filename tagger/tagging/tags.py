@@ -150,9 +150,9 @@ _EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 WRITE_LOCK_SECONDS = 30.0
 """How long a tag write waits for another process that is writing the same file."""
 UNDO_LIMIT = 16 << 20
-"""The most undo data one write may record (bytes). A tag write needs a few kB (measured: at most
-about 1.1 MB, for a one-hour Ogg whose pages were all renumbered); a write that would need more is
-refused rather than journalled without an exact undo."""
+"""The most undo data one write may record (bytes). A tag write needs far less (measured: at most
+2.3 kB on the bench library, 1.2 kB on mutagen's corpus, 20 kB for an hour-long Ogg whose pages were
+all renumbered); a write that would need more is refused rather than made without an exact undo."""
 
 
 @dataclass(frozen=True)
