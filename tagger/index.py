@@ -9,8 +9,8 @@ Tables (schema version in ``meta``; documented in the README):
 * ``predictions``: one row per (path, model fingerprint): the version of the file it was computed on,
   top-k labels and scores, the mapped ranking, per-window top labels, window count.
 * ``models``: every model the index has seen, by weights fingerprint.
-* ``tag_writes``: the undo journal, owned by :mod:`tagger.tagging.journal`: every genre write, its state,
-  the sha256 of the file before and after and the data that gives the original back byte for byte.
+* ``tag_writes``: every genre write: the complete previous and new tag state, so ``undo`` can restore
+  the file exactly.
 
 The database runs in WAL mode with a busy timeout, so a ``report`` can read while a ``scan`` writes and
 two scans can share one index. Results are written in batches, one transaction each, not row by row.
