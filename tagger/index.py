@@ -386,6 +386,7 @@ def _schema_4(db) -> None:
                "else 'intent' end")
     db["tag_writes"].create_index(["state"], if_not_exists=True)
     db["tag_writes"].create_index(["seq"], if_not_exists=True)
+    db["tag_writes"].create_index(["run_id", "seq"], if_not_exists=True)  # an undo's pages of one run
     db.conn.create_function("genretag_path_key", 1, path_key, deterministic=True)
     moved = "instr(path, char(92)) > 0 and raw_path is not null"
     db.execute(f"create temp table moved_keys as select path as old, genretag_path_key(raw_path) as new "
