@@ -422,7 +422,8 @@ def undo(db_path, run_id: int | None = None, paths: list[str] | None = None,
 
     ``on_total`` is told how many writes there are to undo before the first,
     ``on_file(path, error)`` each one as it is done, with the reason it failed or None (and a third
-    argument, a note, for a restore that is not byte for byte), so that a long undo can show its progress and its errors as they happen."""
+    argument, a note, for a restore that is not byte for byte), so that a long undo can show its
+    progress and its errors as they happen."""
     summary = UndoSummary()
     on_file = on_file or (lambda path, error, note=None: None)
     with Index(db_path, create=False) as index:
