@@ -7,8 +7,9 @@ after its imports) for every size:
 
 * ``discovery``: ``discover`` over a tree of that many small files, the counting pass that gives the
   progress bar its total, and what listing the tracks first (as scans did) would hold;
-* ``undo``: reading that many journal rows of one run the way ``genretag undo`` does
-  (``Index.writes_to_undo``, a page at a time), against reading them all at once;
+* ``undo``: reading that many journal rows of one run (each with 4 kB of undo data) the way ``genretag
+  undo`` does (``Journal.open_writes``, a page at a time, without the undo data), against reading them all
+  at once;
 * ``dry-run table``: a dry run's view fed that many planned changes, then its table printed;
 * ``ray driver``: the Ray engine building its dataset for that many tracks (local 2-CPU cluster; the
   rows end up in the object store), skipped without Ray or with ``--skip-ray``. The driver hands
@@ -66,6 +67,11 @@ def measure_discovery(size: int, work: Path) -> dict:
             "listed first MiB": round(peak_mib() - base, 1)}
 
 
+UNDO_DATA = 4096
+"""Bytes of undo data per journalled write (a tag write records a few kB; the undo reads it one write at a
+time, never a page of them)."""
+
+
 def prepare_undo(size: int, work: Path) -> None:
     from tagger.index import Index
 
@@ -75,24 +81,26 @@ def prepare_undo(size: int, work: Path) -> None:
             run = index.start_run("scan")
             before = {"format": "vorbis", "fields": {"genre": ["Shoegaze", "Dream Pop"]}}
             index.db["tag_writes"].insert_all(({
-                "run_id": run, "path": sample_path(i), "raw_path": os.fsencode(sample_path(i)),
-                "before": json.dumps(before), "after": json.dumps({"format": "vorbis", "fields": {}}),
-                "old_genres": '["Shoegaze", "Dream Pop"]', "new_genres": '["Rock"]',
-                "written_at": time.time(), "undone_at": None, "undo_run_id": None} for i in range(size)),
-                batch_size=5000)
+                "run_id": run, "path": sample_path(i), "raw_path": os.fsencode(sample_path(i)), "state": "written",
+                "seq": i + 1, "before": json.dumps(before), "after": json.dumps({"format": "vorbis", "fields": {}}),
+                "old_genres": '["Shoegaze", "Dream Pop"]', "new_genres": '["Rock"]', "before_sha256": "0" * 64,
+                "after_sha256": "1" * 64, "undo_data": os.urandom(UNDO_DATA), "written_at": time.time()}
+                for i in range(size)), batch_size=2000)
 
 
 def measure_undo(size: int, work: Path) -> dict:
     from tagger.index import Index
+    from tagger.tagging.journal import Journal
 
     with Index(work / f"journal-{size}.db") as index:
+        journal = Journal(index)
         base = peak_mib()
-        scope = index.undo_scope()
-        assert index.count_writes_to_undo(scope) == size
+        scope = journal.scope()
+        assert journal.count(scope) == size
         started = time.perf_counter()
-        assert sum(1 for _ in index.writes_to_undo(scope)) == size
+        assert sum(1 for _ in journal.open_writes(scope)) == size
         paged_s, paged = time.perf_counter() - started, peak_mib() - base
-        everything = list(index.db.query("select * from tag_writes where undone_at is null order by id desc"))
+        everything = list(index.db.query("select * from tag_writes where state = 'written' order by seq desc"))
         assert len(everything) == size
         return {"paged MiB": round(paged, 1), "paged s": round(paged_s, 2),
                 "all at once MiB": round(peak_mib() - base, 1)}

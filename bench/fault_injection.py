@@ -10,7 +10,9 @@ the same audio, holds either exactly its original genres or exactly the predicte
 that the index passes ``PRAGMA integrity_check``, and counts stale temp files. The next run then has to
 finish the remaining work without redoing finished files. One SIGINT run checks exit code 130 and the
 "Interrupted" message. At the end a complete scan runs, every run that wrote is undone and every file
-must be back to its original genres with unchanged audio. Exit status 1 if any invariant broke.
+must be back to its original bytes (sha256) and modification time: every undo in the run is checked
+that way, and stale temp files must be gone once the next run has started. Exit status 1 if any
+invariant broke.
 """
 from __future__ import annotations
 
@@ -78,8 +80,8 @@ def record_state(lib: Path) -> dict:
     files = sorted(p for p in lib.rglob("*") if p.is_file())
     with ThreadPoolExecutor(4) as pool:
         digests = list(pool.map(audio_digest, files))
-    return {str(p.resolve()): {"sha": sha256(p), "digest": d, "genres": read_genres(p), "size": p.stat().st_size}
-            for p, d in zip(files, digests)}
+    return {str(p.resolve()): {"sha": sha256(p), "digest": d, "genres": read_genres(p), "size": p.stat().st_size,
+                               "mtime_ns": p.stat().st_mtime_ns} for p, d in zip(files, digests)}
 
 
 # -- running genretag -----------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ class Checker:
         self.undecodable: set[str] = set()
         self.unjournaled: set[str] = set()
         self.db_failures = 0
-        self.stale_temps_seen = 0  # distinct temp files (they are left in place for later scans)
+        self.stale_temps_seen = 0  # distinct temp files killed runs left (the next run removes them)
         self.temps_seen: set[str] = set()
         self.temp_violations = 0
         self.problems: list[str] = []
@@ -227,7 +229,7 @@ class Checker:
         if not db.exists():
             return set()
         try:
-            return {r[0] for r in db_rows(db, "select path from tag_writes where undone_at is null")}
+            return {r[0] for r in db_rows(db, "select path from tag_writes where state in ('replacing', 'written')")}
         except sqlite3.OperationalError:
             return set()  # killed before the schema was created
 
@@ -249,7 +251,7 @@ def prediction_stamps(db: Path) -> dict[str, float]:
 def writes_per_path(db: Path) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     try:
-        rows = db_rows(db, "select path, run_id from tag_writes where undone_at is null")
+        rows = db_rows(db, "select path, run_id from tag_writes where state in ('replacing', 'written')")
     except sqlite3.OperationalError:
         return out
     for path, run in rows:
@@ -340,9 +342,17 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
                 checker.problem(f"{path} has tag_writes rows in runs {sorted(runs)} (none undone)")
         return rc, killed, text
 
+    undo_checks: list[tuple[str, int]] = []
+
+    def no_temps_left(where: str, res: dict) -> None:
+        """A run that finished has removed the temp copies of the killed runs before it (the journal
+        knows their names) and left none of its own."""
+        if res["temps"]:
+            checker.problem(f"{where}: {res['temps']} temp file(s) left after a run that finished")
+
     def undo_all(where: str) -> None:
-        runs = [r[0] for r in db_rows(db, "select distinct run_id from tag_writes where undone_at is null "
-                                          "order by run_id desc")]
+        runs = [r[0] for r in db_rows(db, "select distinct run_id from tag_writes where state in "
+                                          "('intent', 'replacing', 'written') order by run_id desc")]
         for run in runs:
             rc = subprocess.run([GENRETAG, "undo", "--run", str(run), "--db", str(db)],
                                 capture_output=True, text=True)
@@ -350,12 +360,18 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
                 checker.problem(f"{where}: undo --run {run} exited {rc.returncode}: {rc.stderr.strip()[-300:]}")
         left = {str(Path(p)) for p in original
                 if read_genres(p) != original[p]["genres"]}
-        checker.checks += len(original)
+        checker.checks += 2 * len(original)
         if left:
             for p in sorted(left)[:10]:
                 checker.problem(f"{where}: after undo {p} has {read_genres(p)!r}, original "
                                 f"{original[p]['genres']!r}")
-        log(f"{where}: undid {len(runs)} run(s); files not back to original: {len(left)}")
+        inexact = [p for p in original if (sha256(Path(p)), Path(p).stat().st_mtime_ns)
+                   != (original[p]["sha"], original[p]["mtime_ns"])]
+        for p in inexact[:10]:
+            checker.problem(f"{where}: after undo {p} is not its original bytes and modification time")
+        undo_checks.append((where, len(original) - len(inexact)))
+        log(f"{where}: undid {len(runs)} run(s); files not back to original genres: {len(left)}, "
+            f"not byte-identical with their old mtime: {len(inexact)}")
 
     # kills
     max_delay = max(args.min_delay + 1, min(full_run, args.max_delay or full_run))
@@ -373,6 +389,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
                 f"re-digested {res['digested']}")
         else:
             completed_before_kill += 1
+            no_temps_left("completed run", res)
             if rc != 0:
                 checker.problem(f"uninterrupted scan exited {rc}: {text[-500:]}")
             log(f"run finished before its kill ({delay:.1f} s), rc {rc}; undoing everything for a new epoch")
@@ -381,7 +398,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
             # A fresh index makes the next epoch predict again: tagging the whole library from cached
             # predictions takes about a second (the model is never loaded), too short for a kill.
             db = work / f"index-epoch{epochs}.db"
-        # stale temps stay in place: no later scan may index (or tag) them
+        # a killed run's temps stay until the next run starts: no scan may index (or tag) them meanwhile
         for t in [p for p in lib.rglob("*") if p.is_file() and is_temp_name(p.name)]:
             try:
                 rows = db_rows(db, "select count(*) from tracks where path = ?", [str(t)])[0][0]
@@ -391,9 +408,10 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
                 checker.temp_violations += 1
                 checker.problem(f"temp file {t} was picked up by a scan")
 
-    # after the last kill: a rerun must complete the rest
+    # after the last kill: a rerun must complete the rest, and remove the temp copies the kills left
     rc, killed, text = one_run(None)
     res = checker.check_library(lib, db, "rerun after kills")
+    no_temps_left("rerun after kills", res)
     if rc != 0:
         checker.problem(f"rerun after kills exited {rc}: {text[-500:]}")
     log(f"rerun after the kills: rc {rc}, {rerun_stats[-1]}")
@@ -425,8 +443,8 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
 
     # targeted: SIGKILL exactly between a file's os.replace and the completion of its tag_writes row
     undo_all("before targeted kill")
-    hook = ("import os, signal, sys, tagger.index as ix\n"
-            "ix.Index.complete_tag_write = lambda self, *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+    hook = ("import os, signal, sys, tagger.tagging.journal as ix\n"
+            "ix.Journal.written = lambda self, *args: os.kill(os.getpid(), signal.SIGKILL)\n"
             "from tagger.cli import cli\n"
             "sys.argv = ['genretag'] + sys.argv[1:]\ncli()\n")
     targeted_cmd = [sys.executable, "-c", hook] + scan_cmd(lib, model, db)[1:]
@@ -475,6 +493,7 @@ def _main(args, rng: random.Random, work: Path, t0: float) -> int:
           f" rerun {sigint_rerun}")
     print(f"final scan + undo             tagged {final['changed']}, back to original after undo: "
           f"{len(original) - sum(1 for p in original if read_genres(p) != original[p]['genres'])}/{len(original)}")
+    print("byte-identical after each undo " + ", ".join(f"{w}: {n}/{len(original)}" for w, n in undo_checks))
     print(f"targeted kill after os.replace, before the journal commit: "
           f"unjournaled tag changes {len(targeted_unjournaled)} {targeted_unjournaled[:1]}")
     print(f"violations                    {len(checker.problems)}")

@@ -116,15 +116,18 @@ def scan(path, as_json, **options):
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--run", "run_id", type=int, help="Undo this run (see `genretag history`); default: the last "
                                                   "run that wrote tags. With PATHS: only its writes to them.")
-@click.option("--force", is_flag=True, help="Restore files whose genres changed since genretag wrote them "
-                                            "(by another program or a later run) too.")
-@_option("keep_mtime", is_flag=True)
+@click.option("--force", is_flag=True, help="Restore the genre fields of files changed since genretag wrote "
+                                            "them (by another program or a later run) too; not byte for byte.")
+@click.option("--keep-mtime", is_flag=True, help="Keep the modification time of a file whose genre fields "
+                                                "are restored (--force, older journals); an exact undo always "
+                                                "gives back the original's.")
 @db_option
 def undo(paths, run_id, force, keep_mtime, db):
-    """Restore the genre tags that a scan wrote, exactly as they were before.
+    """Give back the files a scan wrote, byte for byte, with their modification times.
 
-    PATHS (files or folders) limits the undo to the writes to them. A file whose genres changed since
-    genretag wrote them is left alone and reported, unless --force.
+    Each file is rebuilt from the journal, checked against the original's sha256 and put back
+    atomically. PATHS (files or folders) limits the undo to the writes to them. A file changed since
+    genretag wrote it is left alone and reported (exit 3), unless --force.
     """
     from .index import index_errors
     from .tagging.journal import undo as undo_writes
@@ -141,16 +144,31 @@ def undo(paths, run_id, force, keep_mtime, db):
         sys.exit(EXIT_INTERRUPTED)
     except GenretagError as err:
         raise _fail(err) from None
-    if not summary.restored and not summary.failed:
+    if not summary.restored and not summary.failed and not summary.cancelled:
         if summary.undone_by is not None:
-            click.echo(f"Nothing to undo: the last run that wrote tags (run {summary.last_run}) was undone "
-                       f"by run {summary.undone_by}; `genretag undo --run N` undoes an older run.")
+            what = (f"run {summary.last_run} was undone" if run_id is not None else
+                    f"the last run that wrote tags (run {summary.last_run}) was undone")
+            click.echo(f"Nothing to undo: {what} by run {summary.undone_by}; `genretag undo --run N` undoes "
+                       "an older run.")
         else:
             click.echo("Nothing to undo.")
         return
-    click.echo(f"Restored {summary.restored} file(s); {summary.failed} failed.")
+    click.echo(_undo_line(summary))
     if summary.failed:
         sys.exit(EXIT_FILES_FAILED)
+
+
+def _undo_line(summary) -> str:
+    """``Restored N file(s); M failed.`` and how: byte for byte, or by their genre fields only."""
+    line = f"Restored {summary.restored} file(s); {summary.failed} failed."
+    exact = summary.restored - summary.fields_only
+    if exact:
+        line += f" {exact} byte for byte (sha256 checked, original modification time)."
+    if summary.fields_only:
+        line += f" {summary.fields_only} by their genre fields only (not byte for byte)."
+    if summary.cancelled:
+        line += f" {summary.cancelled} write(s) of a running scan cancelled before they were made."
+    return line
 
 
 @cli.command()
@@ -161,13 +179,15 @@ def history(db, as_json):
     from .index import Index, index_errors
     from .reporting.safe import dumps
     from .reporting.views import history_table, run_mode
+    from .tagging.journal import REACHED
 
     db_path = ScanSettings(db=db).db_path()
     try:
         with index_errors(db_path), Index(db_path, create=False) as index:
             runs = index.runs()
             writes = {row["run_id"]: row["n"] for row in index.db.query(
-                "select run_id, count(*) as n from tag_writes group by run_id")}
+                f"select run_id, count(*) as n from tag_writes where state in ({', '.join('?' * len(REACHED))}) "
+                "group by run_id", REACHED)}
     except GenretagError as err:
         raise click.ClickException(str(err)) from None
     if as_json:

@@ -23,13 +23,13 @@ import socket
 import sqlite3
 import time
 from contextlib import contextmanager
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
 from .errors import IndexUnusable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 LOOKUP_CHUNK = 500  # paths per query; SQLite builds before 3.32 allow at most 999 parameters
 UNDO_PAGE = 1000  # journal rows an undo reads at a time
@@ -59,9 +59,13 @@ def now() -> float:
     return time.time()
 
 
-def path_key(path: str) -> str:
-    """The text stored for a path. Names that are not valid UTF-8 keep their bytes as ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def path_key(path: str | bytes) -> str:
+    """The text stored for a path: its name where that is valid UTF-8, with a backslash doubled, and each
+    byte that is not UTF-8 as ``\\xNN``. Two different names never share a key (a name holding the
+    four characters ``\\xff`` is ``\\\\xff``, the byte 0xff is ``\\xff``); names without a backslash
+    keep their text."""
+    raw = path if isinstance(path, bytes) else os.fsencode(path)
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -293,78 +297,6 @@ class Index:
                 "values (?, ?, ?, ?, ?) on conflict(fingerprint) do update set last_seen = excluded.last_seen, "
                 "model_id = excluded.model_id", [fingerprint, model_id, json.dumps(labels), stamp, stamp])
 
-    def journal_intent(self, run_id: int, path: str, before: dict, old_genres: list[str],
-                       new_genres: list[str], prediction: tuple | None = None) -> int:
-        """Journal a tag write *before* it happens (write-ahead), so that a crash between the file's
-        replacement and the journal's commit still leaves the previous tags undoable. Until
-        :meth:`complete_tag_write` runs, ``written_at`` is NULL; ``undo`` restores such a row too, which
-        changes nothing if the write never reached the file.
-
-        ``prediction``, ``(TrackResult, model_id, fingerprint, label_map, ranking_kept)`` (as
-        :meth:`record_results` takes them), is committed in the same transaction: a crash during the
-        write then leaves the file's prediction in the index, so the next scan writes it from the cache
-        instead of predicting the file again."""
-        with self._tx():
-            if prediction is not None:
-                result, model_id, fingerprint, label_map, ranking_kept = prediction
-                self._upsert_results([result], model_id, fingerprint, run_id, label_map, ranking_kept)
-            self._drop_writes_that_never_happened(path)
-            return self.db["tag_writes"].insert({
-                "run_id": run_id, "path": path_key(path), "raw_path": os.fsencode(path),
-                "before": json.dumps(before), "after": None, "old_genres": json.dumps(old_genres),
-                "new_genres": json.dumps(new_genres), "written_at": None, "undone_at": None,
-                "undo_run_id": None}).last_pk
-
-    def complete_tag_write(self, write_id: int, change, fingerprint: str, size: int, mtime_ns: int) -> None:
-        """The write (a :class:`tagger.tagging.tags.TagChange`) reached the file, which now has this stat: the
-        journal and the prediction's file version are brought up to date in one transaction."""
-        with self._tx():
-            self.db["tag_writes"].update(write_id, {
-                "before": json.dumps(change.before), "after": json.dumps(change.after),
-                "old_genres": json.dumps(change.old_genres), "new_genres": json.dumps(change.new_genres),
-                "written_at": now()})
-            self._mark_written(change.path, fingerprint, size, mtime_ns, change.new_genres)
-
-    def _drop_writes_that_never_happened(self, path: str) -> None:
-        """Journal entries for ``path`` whose scan ended, or was killed, before its written copy was even
-        ready to replace the file (no pending stat): that write never reached the file, and the entry
-        would only make ``history`` count it and an ``undo`` of that run restore an older state."""
-        rows = self.db.execute(
-            "select w.id, r.finished_at, r.pid, r.host from tag_writes w join runs r on r.id = w.run_id "
-            "where w.path = ? and w.written_at is null and w.undone_at is null and w.pending_size is null",
-            [path_key(path)]).fetchall()
-        dead = [write_id for write_id, finished, pid, host in rows
-                if finished is not None or (host == socket.gethostname() and not _process_alive(pid))]
-        if dead:
-            self.db.execute(f"delete from tag_writes where id in ({', '.join('?' * len(dead))})", dead)
-
-    def forget_if_never_written(self, write_id: int, path: str) -> bool:
-        """Drop the journal entries for ``path`` whose write never reached the file (see
-        :meth:`_drop_writes_that_never_happened`); True if ``write_id`` was one of them."""
-        with self._tx():
-            self._drop_writes_that_never_happened(path)
-            return self.db.execute("select 1 from tag_writes where id = ?", [write_id]).fetchone() is None
-
-    def note_pending_write(self, write_id: int, size: int, mtime_ns: int) -> None:
-        """The written copy is complete and about to replace the file; this will be the file's stat."""
-        with self._tx():
-            self.db["tag_writes"].update(write_id, {"pending_size": size, "pending_mtime_ns": mtime_ns})
-
-    def unfinished_write(self, path: str, fingerprint: str) -> dict | None:
-        """The latest write to ``path`` by a scan with this model that was journaled but never
-        completed (the scan was killed), or None."""
-        rows = self.db.execute(
-            "select w.* from tag_writes w join runs r on r.id = w.run_id where w.path = ? and "
-            "w.written_at is null and w.undone_at is null and r.fingerprint = ? order by w.id desc limit 1",
-            [path_key(path), fingerprint])
-        row = rows.fetchone()
-        return dict(zip([c[0] for c in rows.description], row)) if row else None
-
-    def discard_tag_write(self, write_id: int) -> None:
-        """The write did not happen (nothing to change, or it failed and left the file as it was)."""
-        with self._tx():
-            self.db["tag_writes"].delete(write_id)
-
     def mark_written(self, path: str, fingerprint: str, size: int, mtime_ns: int, genres: list[str]) -> None:
         """The file holds the predicted genres (written, or already there) at this stat: remember it, so
         the next scan sees the file unchanged and has nothing to write."""
@@ -378,88 +310,8 @@ class Index:
         self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
                         [size, mtime_ns, json.dumps(genres), key])
 
-    # -- undo -----------------------------------------------------------------------------------------
-    def undo_scope(self, run_id: int | None = None, paths: list[str] | None = None) -> tuple[str, list] | None:
-        """Which not-yet-undone writes an undo covers, as an SQL condition and its arguments: those of run
-        ``run_id`` (default: the last run that wrote tags, if ``paths`` are not given), to ``paths``
-        (files, or folders: everything under them) if given, or both. None: nothing to undo.
 
-        The default is the last run that wrote, even once it is undone: a second ``genretag undo``
-        finds nothing to do instead of rolling back an older run (``--run`` does that)."""
-        where, args = [], []
-        if run_id is None and not paths:
-            run_id = self.last_writing_run()
-            if run_id is None:
-                return None
-        if run_id is not None:
-            where.append("run_id = ?")
-            args.append(run_id)
-        if paths:  # JSON arguments: an IN list of one ? per path stops at SQLite's variable limit
-            files, folders = _undo_path_keys(paths)
-            where.append("(tag_writes.path in (select value from json_each(?)) or exists (select 1 from "
-                         "json_each(?) d where substr(tag_writes.path, 1, length(d.value)) = d.value))")
-            args += [json.dumps(files), json.dumps(folders)]
-        return " and ".join(where), args
-
-    def last_writing_run(self) -> int | None:
-        """The last run that wrote tags (undone or not), or None."""
-        return self.db.execute("select max(run_id) from tag_writes").fetchone()[0]
-
-    def undone_by(self, run_id: int) -> int | None:
-        """The undo run that undid the last of ``run_id``'s writes, or None if some are not undone."""
-        row = self.db.execute("select count(*), max(undo_run_id), sum(undone_at is null) from tag_writes "
-                              "where run_id = ?", [run_id]).fetchone()
-        return row[1] if row[0] and not row[2] else None
-
-    def later_write(self, path: str, write_id: int) -> dict | None:
-        """The newest write to ``path`` after ``write_id`` that is not undone, or None: the file holds
-        that write's genres, not those of ``write_id``."""
-        rows = self.db.execute("select id, run_id from tag_writes where path = ? and id > ? and undone_at is null "
-                               "order by id desc limit 1", [path_key(path), write_id]).fetchone()
-        return {"id": rows[0], "run_id": rows[1]} if rows else None
-
-    def files_undone(self, undo_run_id: int) -> int:
-        """How many files the undo run ``undo_run_id`` restored (a file written twice counts once)."""
-        return self.db.execute("select count(distinct path) from tag_writes where undo_run_id = ?",
-                               [undo_run_id]).fetchone()[0]
-
-    def count_writes_to_undo(self, scope: tuple[str, list] | None) -> int:
-        if scope is None:
-            return 0
-        where, args = scope
-        return self.db.execute(f"select count(*) from tag_writes where undone_at is null and {where}",
-                               args).fetchone()[0]
-
-    def writes_to_undo(self, scope: tuple[str, list] | None) -> Iterator[dict]:
-        """The writes in ``scope`` (:meth:`undo_scope`) not yet undone, newest first, read
-        ``UNDO_PAGE`` at a time: a run that wrote a million files is not held in memory. Each page is
-        read whole before the caller marks any write undone, and the next starts below its last id."""
-        if scope is None:
-            return
-        where, args = scope
-        below: list = []
-        while True:
-            page = list(self.db.query(
-                f"select * from tag_writes where undone_at is null and {where}{' and id < ?' if below else ''} "
-                f"order by id desc limit {UNDO_PAGE}", args + below))
-            yield from page
-            if len(page) < UNDO_PAGE:
-                return
-            below = [page[-1]["id"]]
-
-    def mark_undone(self, write_id: int, undo_run_id: int, size: int | None, mtime_ns: int | None,
-                    path: str, genres: list[str]) -> None:
-        with self._tx():
-            self.db.execute("update tag_writes set undone_at = ?, undo_run_id = ? where id = ?",
-                            [now(), undo_run_id, write_id])
-            key = path_key(path)
-            self.db.execute("update predictions set written = 0, size = ?, mtime_ns = ? where path = ?",
-                            [size, mtime_ns, key])
-            self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
-                            [size, mtime_ns, json.dumps(genres), key])
-
-
-def _undo_path_keys(paths: list[str]) -> tuple[list[str], list[str]]:
+def undo_path_keys(paths: list[str]) -> tuple[list[str], list[str]]:
     """The :func:`path_key` of each path an undo is given, as the scan recorded it (absolute) and with
     symlinks resolved, split into files and folders (these as a prefix ending in "/")."""
     files, folders = set(), set()
@@ -472,7 +324,7 @@ def _undo_path_keys(paths: list[str]) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(folders)
 
 
-def _process_alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
     """Whether process ``pid`` runs on this machine; unknown (None) counts as alive."""
     if pid is None:
         return True
@@ -532,4 +384,34 @@ def _schema_3(db) -> None:
     db["predictions"].add_column("label_map", str)
 
 
-MIGRATIONS = {0: _schema_1, 1: _schema_2, 2: _schema_3}
+def _schema_4(db) -> None:
+    """The journal's states and exact undo (tagger.tagging.journal), and keys two names never share.
+
+    ``tag_writes`` gets ``state`` and ``seq`` (the order writes replaced files), the temp file a write
+    uses, the sha256/size/times of the file before and after, the undo data, and whether an undo was
+    byte for byte. Older entries keep their field-level undo: their state comes from their timestamps,
+    their order from their id. ``path`` keys are made again from ``raw_path`` where the old key held a
+    backslash (only those change: :func:`path_key` doubles it now); a prediction follows its track."""
+    for name, kind in (("state", str), ("seq", int), ("temp_path", bytes), ("before_sha256", str),
+                       ("after_sha256", str), ("before_size", int), ("after_size", int), ("before_mtime_ns", int),
+                       ("before_atime_ns", int), ("after_mtime_ns", int), ("undo_data", bytes), ("undo_exact", int),
+                       ("note", str), ("created_at", float)):
+        db["tag_writes"].add_column(name, kind)
+    db.execute("update tag_writes set seq = id, state = case when undone_at is not null then 'undone' "
+               "when written_at is not null then 'written' when pending_size is not null then 'replacing' "
+               "else 'intent' end")
+    db["tag_writes"].create_index(["state"], if_not_exists=True)
+    db["tag_writes"].create_index(["seq"], if_not_exists=True)
+    db["tag_writes"].create_index(["run_id", "seq"], if_not_exists=True)  # an undo's pages of one run
+    db.conn.create_function("genretag_path_key", 1, path_key, deterministic=True)
+    moved = "instr(path, char(92)) > 0 and raw_path is not null"
+    db.execute(f"create temp table moved_keys as select path as old, genretag_path_key(raw_path) as new "
+               f"from tracks where {moved}")
+    db.execute("update predictions set path = (select new from moved_keys where old = predictions.path) "
+               "where path in (select old from moved_keys)")
+    db.execute(f"update tracks set path = genretag_path_key(raw_path) where {moved}")
+    db.execute(f"update tag_writes set path = genretag_path_key(raw_path) where {moved}")
+    db.execute("drop table moved_keys")
+
+
+MIGRATIONS = {0: _schema_1, 1: _schema_2, 2: _schema_3, 3: _schema_4}

@@ -6,7 +6,6 @@ users who want genres for files or arrays without an index.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -106,6 +105,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
             fingerprint=classifier.fingerprint, options={k: v for k, v in asdict(settings).items()})
         engine = engine or make_engine(classifier, settings)
         scan = _Scan(index, classifier, engine, settings, summary, on_result, keep_results, on_skipped, on_phase)
+        scan.recover_interrupted_writes()
         try:
             if on_discovered:
                 on_discovered(count_audio_files(root))
@@ -247,63 +247,70 @@ class _Scan:
             self.index.relabel(self.relabelled, self.classifier.fingerprint)
             self.relabelled = []
 
-    def _completed_interrupted_write(self, track: Track) -> bool:
-        """True if ``track`` changed only because a killed scan with this model replaced it with its
-        written copy: the journal noted that copy's stat, the file has it, so the write reached the
-        file. The journal entry is completed from what the file holds now, and the track is not
-        predicted (nor written) again."""
-        from .tagging import tags
+    @property
+    def journal(self):
+        """The undo journal of this scan's writes (:class:`tagger.tagging.journal.Journal`)."""
+        if getattr(self, "_journal", None) is None:
+            from .tagging.journal import Journal
 
-        pending = self.index.unfinished_write(track.path, self.classifier.fingerprint)
-        now = (track.size, track.mtime_ns)
-        if not pending or (pending["pending_size"], pending["pending_mtime_ns"]) != now:
+            self._journal = Journal(self.index, self.summary.run_id)
+        return self._journal
+
+    def recover_interrupted_writes(self) -> None:
+        """Before a scan writes: settle the writes of scans that died mid-write (and remove the temp
+        copies they left), so that a file one of them replaced is recognised as written."""
+        if self.settings.write_tags and not self.settings.dry_run:
+            self.journal.recover()
+
+    def _completed_interrupted_write(self, track: Track) -> bool:
+        """True if ``track`` changed only because a scan with this model that died mid-write replaced it
+        with its written copy (the file holds exactly what that write recorded, by sha256): the journal
+        entry is completed, and the track is not predicted (nor written) again."""
+        if not (self.settings.write_tags and not self.settings.dry_run):
             return False
-        try:
-            now_genres, now_fields = tags.read_genres(track.path), tags.snapshot_genres(track.path)
-        except GenretagError:
-            return False
-        change = tags.TagChange(track.path, json.loads(pending["old_genres"]), now_genres,
-                                json.loads(pending["before"]), now_fields, True)
-        self.index.complete_tag_write(pending["id"], change, self.classifier.fingerprint, track.size,
-                                      track.mtime_ns)
-        return True
+        for write in self.journal.recover(track.path):
+            run = self.index.db.execute("select fingerprint from runs where id = ?", [write["run_id"]]).fetchone()
+            if run and run[0] == self.classifier.fingerprint:
+                st = os.stat(track.path)
+                return (st.st_size, st.st_mtime_ns) == (track.size, track.mtime_ns)
+        return False
 
     def _write(self, result: TrackResult, fresh: bool = True) -> None:
-        """Write ``result``'s genres into its file, journaled ahead. ``fresh``: predicted in this run,
-        so its prediction is committed with the journal entry (a cached one is in the index already)."""
+        """Write ``result``'s genres into its file, journaled ahead (see :mod:`tagger.tagging.journal`).
+        ``fresh``: predicted in this run, so its prediction is committed with the journal entry (a cached
+        one is in the index already)."""
         from .tagging import tags
 
         provenance = None
         if self.settings.provenance:
             provenance = (f"model={self.classifier.model_id};fp={self.classifier.fingerprint};"
                           f"score={result.scores[0]:.4f};labels={','.join(result.labels)}")
-        journal_id = None
+        entry = None
         fp = self.classifier.fingerprint
         try:
-            journal_id = self.index.journal_intent(
-                self.summary.run_id, result.path, tags.snapshot_genres(result.path),
-                tags.read_genres(result.path), result.labels,
+            entry = self.journal.begin(
+                result.path, result.labels,
                 prediction=(result, self.classifier.model_id, fp, self.label_map_digest, self.ranking_kept)
                 if fresh else None)
             change = tags.write_genres(
                 result.path, result.labels, mode=self.settings.mode, separator=self.settings.separator,
                 provenance=provenance, keep_mtime=self.settings.keep_mtime, verify=self.settings.verify,
-                expected=(result.size, result.mtime_ns),
-                before_replace=lambda size, mtime: self.index.note_pending_write(journal_id, size, mtime))
+                expected=(result.size, result.mtime_ns), temp=entry.temp,
+                before_replace=lambda record: self.journal.replacing(entry, record))
         except (GenretagError, ValueError) as err:  # ValueError: a genre no tag field can hold as one line
-            if journal_id is not None:
-                self.index.discard_tag_write(journal_id)
+            if entry is not None:
+                self.journal.discard(entry)
             self._write_failed(result, err)
             return
         if result.tags is not None:  # the index keeps what the file holds now, not what it held
             result.tags["genres"] = list(change.new_genres)
         if not change.written:
-            self.index.discard_tag_write(journal_id)
+            self.journal.discard(entry)
             self.index.mark_written(result.path, fp, result.size, result.mtime_ns, change.new_genres)
             return
         st = os.stat(result.path)
         result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
-        self.index.complete_tag_write(journal_id, change, fp, result.size, result.mtime_ns)
+        self.journal.written(entry, change, fp, result.size, result.mtime_ns)
         result.written = True
         self.summary.written += 1
 

@@ -13,6 +13,7 @@ library with :func:`remove_tree`, since ``shutil.rmtree`` recurses per level bef
 script runs ``genretag scan --write-tags`` on it as a real process, judges every case
 from the SQLite index, the error lines and the files themselves (full-file sha256 for files that must
 not change, ``tagger.tagging.tags.audio_digest`` for files that were written), and prints one row per case.
+Then ``genretag undo`` runs, and every file must be back to its bytes (sha256) and modification time.
 Exit status 1 if any case failed its expectation.
 
 ``--min-confidence 0`` is passed so that every decodable file is tagged, which puts every hostile format
@@ -705,6 +706,7 @@ class FileState:
     sha256: str | None           # None: not a regular file
     audio: str | None = None     # tagger.tagging.tags.audio_digest, for files a scan may write
     size: int = 0
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -729,7 +731,8 @@ def record_files(root: Path, cases: list[Case]) -> dict[str, FileState]:
         rel, special = item
         if special:
             return rel, FileState(None)
-        return rel, FileState(sha256(root / rel), size=os.path.getsize(root / rel))
+        st = os.stat(root / rel)
+        return rel, FileState(sha256(root / rel), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
     items = [(rel, c.special) for c in cases for rel in c.paths]
     with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
@@ -889,6 +892,23 @@ def _judge_written(case: Case, path: str, labels: list[str], state: FileState) -
     return problems
 
 
+def undo_all(root: Path, db: Path, before: dict[str, FileState], env: dict | None = None,
+             timeout: float = 1800) -> tuple[int, str, list[str]]:
+    """``genretag undo`` of the scan as a real process, then every file's bytes and modification time
+    against what they were before the scan: (exit code, its output, the files that did not come back)."""
+    proc = subprocess.run([GENRETAG, "undo", "--db", str(db)], capture_output=True, timeout=timeout, env=env,
+                          check=False)
+    changed = []
+    for rel, state in before.items():
+        if state.sha256 is None:
+            continue
+        path = root / rel
+        if sha256(path) != state.sha256 or os.stat(path).st_mtime_ns != state.mtime_ns:
+            changed.append(rel)
+    output = (proc.stdout + proc.stderr).decode("utf-8", "backslashreplace")
+    return proc.returncode, output, changed
+
+
 def ffprobe_genres(path: str) -> list[str]:
     """Every genre value ffprobe reports (format and stream tags): an independent reader."""
     out = subprocess.run(["ffprobe", "-v", "quiet", "-of", "json", "-show_entries", "format_tags:stream_tags",
@@ -935,9 +955,18 @@ def main(argv: list[str] | None = None) -> int:
         before = record_files(root, cases)
         megabytes = sum(s.size for s in before.values()) / 1e6
         print(f"built {len(cases)} cases, {len(before)} files, {megabytes:.1f} MB in {built:.1f} s", flush=True)
-        scan = run_scan(root, db, env={**os.environ, "GENRETAG_HOME": str(work / "home")})
+        env = {**os.environ, "GENRETAG_HOME": str(work / "home")}
+        scan = run_scan(root, db, env=env)
         print(f"scan: exit {scan.returncode} in {scan.seconds:.1f} s; {scan.summary}", flush=True)
-        return print_report(cases, root, scan, before)
+        failed = print_report(cases, root, scan, before)
+        started = time.perf_counter()
+        code, output, changed = undo_all(root, db, before, env)
+        hashed = sum(s.sha256 is not None for s in before.values())
+        print(f"undo: exit {code} in {time.perf_counter() - started:.1f} s; {output.strip().splitlines()[-1:]}; "
+              f"files back to their bytes and modification time: {hashed - len(changed)}/{hashed}")
+        for rel in changed[:10]:
+            print(f"    not given back: {rel!r}")
+        return 1 if failed or code != 0 or changed else 0
     finally:
         if not args.keep:
             remove_tree(work)

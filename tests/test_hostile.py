@@ -42,6 +42,7 @@ from tests.hostile_library import (
     scan_command,
     sha256,
     tone,
+    undo_all,
 )
 from tagger import ScanSettings, tag_folder
 from tagger.cli import EXIT_FILES_FAILED, cli
@@ -206,6 +207,16 @@ def test_reports_during_the_scan_are_consistent(hostile):
         totals.append(got["total"])
     final = len(hostile.scan.rows)
     assert max(totals) <= final and any(0 < t < final for t in totals), f"no report landed mid-scan: {totals}"
+
+
+def test_undo_gives_back_every_file_byte_for_byte(hostile):
+    """`genretag undo` of the scan (a real process): every file, whatever the scan made of it, has its
+    bytes and its modification time back. It changes the library, so it runs after the tests above."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GENRETAG_DB", "GENRETAG_MODEL")}
+    code, output, changed = undo_all(hostile.root, hostile.root.parent / "index.db", hostile.before, env)
+    assert code == 0 and "failed." in output and " 0 failed." in output, output[-2000:]
+    assert changed == []
+    assert list_tree(hostile.root) == {rel for c in hostile.cases for rel in c.paths} | {"loop/self", "loop/up"}
 
 
 # -- failures that happen while a scan runs ------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_a_version_1_index_is_migrated_step_by_step(tmp_path, monkeypatch):
     assert ran == list(range(2, last + 1))
     assert ("index", "idx_tracks_artist") in [(t, n) for t, n, _, _ in schema(old)]
     columns = [r[1] for r in query(old, "pragma table_info(tag_writes)")]
-    assert columns[-2:] == ["pending_size", "pending_mtime_ns"]
+    assert columns[-2:] == ["note", "created_at"]
 
 
 def test_a_newer_index_is_refused_and_left_alone(tmp_path):
@@ -165,6 +165,8 @@ WRITER = textwrap.dedent("""
     from types import SimpleNamespace
     from tagger.index import Index
     from tagger.records import TrackResult
+    from tagger.tagging.journal import Journal
+    from tagger.tagging.tags import UndoRecord
 
     db, first, count, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     with Index(db) as index:
@@ -180,9 +182,10 @@ WRITER = textwrap.dedent("""
             if i % 30 == 0:
                 change = SimpleNamespace(path=batch[0].path, before={}, after={}, old_genres=[],
                                          new_genres=["a"])
-                write_id = index.journal_intent(run, change.path, {}, [], ["a"])
-                index.note_pending_write(write_id, 1, seed)
-                index.complete_tag_write(write_id, change, "5" * 16, 1, seed)
+                journal = Journal(index, run)
+                entry = journal.begin(change.path, ["a"], before={}, old_genres=[])
+                journal.replacing(entry, UndoRecord("0" * 64, "1" * 64, 1, 1, seed, seed, seed, b""))
+                journal.written(entry, change, "5" * 16, 1, seed)
         index.finish_run(run, scanned=count)
 """)
 
@@ -360,7 +363,7 @@ def test_two_writing_scans_on_the_same_files(short_library, tiny_wav2vec2, tmp_p
     writes: dict[str, int] = {}
     for db in set(dbs):
         assert integrity(db) == "ok"
-        for (path,) in query(db, "select path from tag_writes where written_at is not null"):
+        for (path,) in query(db, "select path from tag_writes where state = 'written'"):
             writes[path] = writes.get(path, 0) + 1
         labels = dict(query(db, "select path, labels from predictions"))
         for p in files:

@@ -414,7 +414,7 @@ def test_an_undo_stopped_by_ctrl_c_is_finished_by_running_it_again(library, tmp_
     files = sorted(p for p in library.rglob("*") if p.is_file())
     before = {p: mutagen_genres(p) for p in files}
     tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
-    restore, calls = tagger.tagging.tags.restore_genres, []
+    restore, calls = tagger.tagging.tags.restore_exact, []
 
     def ctrl_c_at_the_third_file(*args, **kwargs):
         calls.append(args[0])
@@ -422,7 +422,7 @@ def test_an_undo_stopped_by_ctrl_c_is_finished_by_running_it_again(library, tmp_
             raise KeyboardInterrupt
         return restore(*args, **kwargs)
 
-    monkeypatch.setattr(tagger.tagging.tags, "restore_genres", ctrl_c_at_the_third_file)
+    monkeypatch.setattr(tagger.tagging.tags, "restore_exact", ctrl_c_at_the_third_file)
     db = str(tmp_path / "index.db")
     out = CliRunner().invoke(cli, ["undo", "--db", db])
     assert out.exit_code == 130 and "run the same undo again" in out.stderr
@@ -531,14 +531,14 @@ class Crash(BaseException):
     """Stands for SIGKILL: nothing after it runs in the scan (``except Exception`` does not catch it)."""
 
 
-def crash_in(monkeypatch, index_method: str) -> None:
-    """Make the scan stop dead at ``Index.<index_method>``."""
-    import tagger.index
+def crash_in(monkeypatch, journal_method: str) -> None:
+    """Make the scan stop dead at ``Journal.<journal_method>``."""
+    import tagger.tagging.journal
 
     def crash(self, *args):
         raise Crash
 
-    monkeypatch.setattr(tagger.index.Index, index_method, crash)
+    monkeypatch.setattr(tagger.tagging.journal.Journal, journal_method, crash)
 
 
 def shoegaze_flac(source: Path, folder: Path | None = None) -> Path:
@@ -554,7 +554,7 @@ def test_the_undo_journal_is_written_before_the_file(library, tmp_path, tiny_wav
     """A crash right after a file was replaced, before the journal entry is completed, must still leave
     the previous genres undoable: the entry is written ahead of the file."""
     target = shoegaze_flac(next(library.rglob("*.flac")))
-    crash_in(monkeypatch, "complete_tag_write")  # between os.replace and the journal's completion
+    crash_in(monkeypatch, "written")  # between os.replace and the journal's completion
     with pytest.raises(Crash):
         tag_folder(target.parent, settings(tmp_path, tiny_wav2vec2, write_tags=True))
     assert mutagen_genres(target) != ["Shoegaze"]  # the file was written, the journal not completed
@@ -564,11 +564,11 @@ def test_the_undo_journal_is_written_before_the_file(library, tmp_path, tiny_wav
     assert mutagen_genres(target) == ["Shoegaze"]
 
 
-@pytest.mark.parametrize("crash_at", ["note_pending_write", "complete_tag_write"])
+@pytest.mark.parametrize("crash_at", ["replacing", "written"])
 def test_a_scan_killed_during_a_write_is_finished_without_predicting_again(library, tmp_path, tiny_wav2vec2,
                                                                           monkeypatch, crash_at):
-    """Killed with the written copy complete but the file not yet replaced (note_pending_write), or
-    replaced but the journal not completed (complete_tag_write): the rerun neither predicts the file again
+    """Killed with the written copy complete but the file not yet replaced (Journal.replacing), or
+    replaced but the journal not completed (Journal.written): the rerun neither predicts the file again
     nor leaves the journal open — it writes from the cached prediction, or recognises its own write by the
     stat noted before the replace — and undo still restores the original genres."""
     folder = tmp_path / "one"
@@ -577,7 +577,7 @@ def test_a_scan_killed_during_a_write_is_finished_without_predicting_again(libra
     crash_in(monkeypatch, crash_at)
     with pytest.raises(Crash):
         tag_folder(folder, settings(tmp_path, tiny_wav2vec2, write_tags=True))
-    replaced = crash_at == "complete_tag_write"
+    replaced = crash_at == "written"
     assert (mutagen_genres(target) != ["Shoegaze"]) == replaced
     assert [p.name for p in folder.iterdir()] == [target.name]  # no temp copy left either way
     monkeypatch.undo()

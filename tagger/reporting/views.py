@@ -152,10 +152,12 @@ class UndoView(_LiveView):
         self.progress.update(self.task, total=count)
         self.progress.start()
 
-    def file(self, path: str, error: str | None) -> None:
+    def file(self, path: str, error: str | None, note: str | None = None) -> None:
         self.progress.advance(self.task)
         if error:
             self.err.print(error_line(shown_path(error)))  # names as `scan` shows them
+        elif note:
+            self.err.print(Text.assemble(("note:", "yellow"), " ", shown_path(path), ": ", shown(note)))
 
 
 def error_line(*parts: str):
