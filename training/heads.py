@@ -35,8 +35,8 @@ import numpy as np
 
 from tagger.errors import GenretagError, ModelError
 
-from .calibration import (Thresholds, choose_thresholds, expected_calibration_error, fit_temperature,
-                          log_loss, softmax)
+from .calibration import (Thresholds, choose_thresholds, ece_of_calibrated, expected_calibration_error,
+                          fit_temperature, log_loss, softmax)
 from .data import DataSettings, Dataset, Example, gtzan_number, load_dataset
 
 BACKBONES = ("builtin:musicnn-msd", "builtin:musicnn-mtt")
@@ -140,7 +140,7 @@ def _fit_head(embeddings, labels, groups, seed, standardize, cs, nested, selecti
         "log_loss": log_loss(raw, y), "ece": expected_calibration_error(raw, y),
         "log_loss_calibrated": log_loss(calibrated, y),
         "ece_calibrated": expected_calibration_error(calibrated, y), "temperature_scaling": scaled,
-        "temperature": temperature,
+        "temperature": temperature, "ece_if_calibrated": ece_of_calibrated(held_out),
     }
     return HeadFit(names, mean, scale, (coef / temperature).astype(np.float32),
                    (intercept / temperature).astype(np.float32), cs[best], temperature, cv, held_out, y,
@@ -292,7 +292,7 @@ class Embedded:
     embeddings: np.ndarray  # [N, D] float32
     unreadable: list[str] = field(default_factory=list)
     decode_seconds: float = 0.0  # summed over the decoding threads
-    embed_seconds: float = 0.0
+    embed_seconds: float = 0.0  # summed over the model calls (two at a time on a CPU, as in a scan)
     wall_seconds: float = 0.0
 
 
@@ -302,7 +302,8 @@ def embed_examples(backbone, examples: Sequence[Example], max_windows: int,
     """Decode each clip into a scan's windows (threads running ahead) and embed them with ``backbone``
     (``predict_with_embeddings``); each clip's embedding is the mean over its windows."""
     from tagger.batching import predict_in_batches
-    from tagger.engine import bounded_map, decode_or_fail, default_batch_size, import_decoder
+    from tagger.engine import (bounded_map, cpu_threads_per_call, decode_or_fail, default_batch_size,
+                               default_concurrent_batches, import_decoder)
     from tagger.records import DecodedTrack, Track
 
     started = time.perf_counter()
@@ -331,13 +332,16 @@ def embed_examples(backbone, examples: Sequence[Example], max_windows: int,
     kept, rows, bad = [], [], []
     decoded = bounded_map(decode, examples, workers)
     size = batch_size or default_batch_size(backbone.device)
-    for example, (item, window_embeddings) in zip(examples, predict_in_batches(decoded, embed, size)):
-        if not isinstance(item, DecodedTrack):
-            bad.append(example.path)
-            on_error(f"skipped {example.path}: {item.error}")
-            continue
-        kept.append(example)
-        rows.append(window_embeddings.float().mean(dim=0).numpy())
+    concurrency = default_concurrent_batches(backbone.device)  # as a scan runs the model
+    with cpu_threads_per_call(concurrency):
+        for example, (item, window_embeddings) in zip(examples, predict_in_batches(decoded, embed, size,
+                                                                                   concurrency)):
+            if not isinstance(item, DecodedTrack):
+                bad.append(example.path)
+                on_error(f"skipped {example.path}: {item.error}")
+                continue
+            kept.append(example)
+            rows.append(window_embeddings.float().mean(dim=0).numpy())
     embeddings = np.stack(rows) if rows else np.zeros((0, backbone.embedding_dim), np.float32)
     return Embedded(kept, embeddings, bad, clock["decode"], clock["embed"], time.perf_counter() - started)
 
@@ -387,7 +391,8 @@ def train_head(data: DataSettings, settings, report: Callable[[str], None] = pri
             "train_seconds": round(fit_seconds, 1), "skipped_unreadable": sorted(embedded.unreadable),
             "settings": asdict(settings), "data": asdict(data), "head": head_facts(fit, backbone),
             "calibration": {**{k: fit.cv[k] for k in ("ece", "ece_calibrated", "log_loss", "log_loss_calibrated",
-                                                        "temperature", "temperature_scaling")},
+                                                        "temperature", "temperature_scaling",
+                                                        "ece_if_calibrated")},
                             "thresholds": fit.thresholds.as_dict()},
             "stages_seconds": {"decode_cpu": round(embedded.decode_seconds, 1),
                                "embed": round(embedded.embed_seconds, 1),
@@ -430,7 +435,7 @@ def cv_line(fit: HeadFit, dataset: Dataset) -> str:
     nested = "nested, " if cv["nested"] else ""
     return (f"cross-validated accuracy {cv['accuracy']:.3f} ± {cv['accuracy_std']:.3f} over {cv['folds']} "
             f"folds ({nested}{how}; {cv['clips']} training clips, {dataset.source} {dataset.split}/train+valid); "
-            f"C {fit.C:g}, temperature {fit.temperature:.2f}, threshold {fit.thresholds.global_threshold:.2f}")
+            f"C {fit.C:.3g}, temperature {fit.temperature:.2f}, threshold {fit.thresholds.global_threshold:.2f}")
 
 
 def cv_metrics(fit: HeadFit, examples: list[Example], dataset: Dataset) -> dict:

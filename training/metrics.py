@@ -126,10 +126,12 @@ def _calibration_lines(info: dict) -> list[str]:
     if "ece_calibrated" in cal:
         verdict = (f"applied (T = {cal['temperature']:.2f})" if cal["temperature_scaling"]
                    else "not applied: it did not help predictions it was not fitted on")
+        low, high = cal["ece_if_calibrated"]
         lines.append(f"- Calibration of the out-of-fold probabilities: expected calibration error {cal['ece']:.3f} "
                      f"(log loss {cal['log_loss']:.3f}); with a temperature fitted on the other folds "
                      f"{cal['ece_calibrated']:.3f} (log loss {cal['log_loss_calibrated']:.3f}); temperature "
-                     f"scaling {verdict}.")
+                     f"scaling {verdict}. Perfectly calibrated scores would show an ECE of {low:.3f}-{high:.3f} "
+                     f"on as many clips (90 % of draws).")
     else:
         lines.append(f"- Calibration on the {cal['clips']} validation clips: expected calibration error "
                      f"{cal['ece']:.3f} (no temperature scaling).")
@@ -165,7 +167,7 @@ def head_card(results: dict, data: dict, info: dict) -> str:
         f"- Command: `{info['command']}`.",
         f"- Hardware: {info['hardware']}; {info['train_seconds']:.0f} s in all (decoding {stages.get('decode_cpu')} "
         f"s of CPU, embedding {stages.get('embed')} s, fitting {stages.get('fit')} s).",
-        f"- C = {head['C']:g} chosen from {len(head['selection'])} values by {cv['folds']}-fold cross-validation "
+        f"- C = {head['C']:.3g} chosen from {len(head['selection'])} values by {cv['folds']}-fold cross-validation "
         f"({'standardised' if head['standardize'] else 'raw'} float16-rounded embeddings, backbone in "
         f"{head['precision']}).",
         f"- Trained {time.strftime('%Y-%m-%d')}; unreadable clips skipped: "
