@@ -246,6 +246,9 @@ def test_fit_head_learns_from_an_embedding_matrix_and_predicts_unseen_ones():
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
     two = fit_head(x[y < 2], [names[i] for i in np.flatnonzero(y < 2)])  # scikit-learn's binary case
     assert two.weight.shape == (2, 200) and two.cv["accuracy"] >= 0.9
+    few = np.concatenate([np.flatnonzero(y == g)[:2] for g in range(5)])  # 2 clips per genre: MIN_PER_GENRE's
+    sparse = fit_head(x[few] * 50, [names[i] for i in few])                # train + valid
+    assert sparse.cv["folds"] == 2 and not sparse.cv["nested"] and sparse.weight.shape == (5, 200)
 
 
 def test_folds_keep_groups_together_and_train_on_every_genre():

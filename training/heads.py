@@ -116,6 +116,8 @@ def _fit_head(embeddings, labels, groups, seed, standardize, cs, nested, selecti
         raise GenretagError(f"a head needs at least 2 genres, got {len(names)}")
     folds, grouped = cv_folds(y, groups, seed)
     nested = len(y) <= NESTED_MAX if nested is None else nested
+    # Nesting needs two clips of every genre in each fold's training part to cross-validate again.
+    nested = nested and all(np.bincount(y[train], minlength=len(names)).min() >= 2 for train, _ in folds)
     table, logits_by_c = _cv_path(x, y, folds, cs, standardize)
     best = _best_c(table, selection)
     if nested:

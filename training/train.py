@@ -1,5 +1,6 @@
 """Fine-tune an audio-classification checkpoint on labelled clips; the result is a folder that
-``genretag scan --model DIR`` uses directly and that becomes the default model.
+``genretag scan --model DIR`` uses directly (and, with ``--make-default`` or ``genretag models use DIR``,
+later scans by default). A built-in base model gets a head on its embeddings instead (:mod:`training.heads`).
 
 The recipe is the classic one (wav2vec2 / AST / Whisper on GTZAN with the Hugging Face ``Trainer``:
 lr 3e-5, 10 % warm-up, batch 8, 10 epochs, the best epoch by validation accuracy), with three changes:
