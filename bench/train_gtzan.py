@@ -57,8 +57,7 @@ def main() -> None:
         started = time.perf_counter()
         result = train(DataSettings(data=args.gtzan, split=args.split, seed=0),
                        TrainSettings(output=output, base_model=base, epochs=args.epochs, max_steps=args.max_steps,
-                                     batch_size=args.batch_size, freeze_encoder=args.freeze_encoder,
-                                     register=False))
+                                     batch_size=args.batch_size, freeze_encoder=args.freeze_encoder))
         seconds = time.perf_counter() - started
         for part in ("valid", "test"):
             m = result.metrics.get(part)

@@ -50,8 +50,8 @@ class ScanSettings:
     """Options of one scan. Each field's ``help`` is the CLI's help text for the option of that name."""
 
     model: str | None = _opt(None, "Model: local checkpoint folder, hub id, or builtin:NAME. "
-                                   "Default: $GENRETAG_MODEL, else the last `genretag train` output, "
-                                   "else builtin:musicnn-msd.")
+                                   "Default: $GENRETAG_MODEL, else the model chosen with `genretag models "
+                                   "use`, else builtin:musicnn-msd.")
     labels: str | None = _opt(None, "Label map (TOML) that renames/drops model labels; "
                                     "default: the model's own map.")
     level: str = _opt("top", "Genre level the label map writes: leaf (the genres it names, e.g. "

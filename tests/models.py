@@ -37,3 +37,20 @@ def make_tiny_ast(folder: Path, genres=GENRES, seed: int = 0) -> Path:
     ASTForAudioClassification(config).save_pretrained(folder)
     ASTFeatureExtractor().save_pretrained(folder)
     return folder
+
+
+def make_tiny_whisper(folder: Path, genres=GENRES, seed: int = 0) -> Path:
+    """A 2-layer Whisper encoder with a classification head. Its extractor pads or cuts every input to
+    ``chunk_length`` seconds (30 s, 3000 frames); the encoder's positions must cover half of those."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    torch.manual_seed(seed)
+    id2label, label2id = _labels(genres)
+    config = WhisperConfig(
+        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+        decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500,
+        classifier_proj_size=16, num_labels=len(genres), id2label=id2label, label2id=label2id)
+    WhisperForAudioClassification(config).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from tagger.errors import ModelError
 from tagger.models.native import KERNELS, banded_max_kernel, kernel_isas
-from tagger.models.musicnn import (BUILTIN_MODELS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock, block_starts, load_builtin,
-                            log_compress, log_mel, patch_counts, valid_patches)
+from tagger.models.musicnn import (BUILTIN_MODELS, EMBEDDING_LAYERS, PATCH_FRAMES, SAMPLE_RATE, ConvBlock,
+                                   block_starts, load_builtin, log_compress, log_mel, patch_counts, valid_patches)
 
 DATA = Path(__file__).parent / "data" / "musicnn"
 REF = json.loads((DATA / "musicnn_reference.json").read_text())
@@ -108,6 +108,47 @@ def test_predict_is_the_mean_over_patches_and_honours_lengths(classifiers, wavs)
     expected_0 = np.array(reference(SIGNALS[0], "musicnn-mtt")["mean"])
     expected_1 = np.array(reference(SIGNALS[1], "musicnn-mtt")["per_patch"])[:3].mean(axis=0)
     np.testing.assert_allclose(probs.numpy(), np.stack([expected_0, expected_1]), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("layer", EMBEDDING_LAYERS)
+def test_predict_with_embeddings_gives_predicts_probabilities_and_patch_means_from_one_pass(classifiers, wavs,
+                                                                                          layer):
+    """Probabilities bit-identical to ``predict``; embeddings the mean over each window's valid patches of
+    the layer's features; the network runs over the patches once (the dense layer is called as often as
+    by ``predict``)."""
+    clf = classifiers["musicnn-msd"]
+    windows, lengths = wavs[:2], torch.tensor([wavs.shape[1], 10 * SAMPLE_RATE])
+    calls = []
+    hook = clf.model.dense.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        expected_probs = clf.predict(windows, lengths)
+        predict_calls = len(calls)
+        probs, embeddings = clf.predict_with_embeddings(windows, lengths, layer=layer)
+    finally:
+        hook.remove()
+    assert len(calls) == 2 * predict_calls
+    assert torch.equal(probs, expected_probs)
+    masked = windows * (torch.arange(windows.shape[1])[None, :] < lengths[:, None])
+    logmel = log_mel(masked)
+    counts = patch_counts(lengths, logmel.shape[1])
+    with torch.inference_mode():
+        pooled, hidden = clf.model.features(valid_patches(logmel, counts))
+        tags = torch.sigmoid(clf.model.classifier(hidden))
+    parts = {"pooled": pooled, "penultimate": hidden, "tags": tags}
+    per_patch = torch.cat([parts[p] for p in layer.split("+")], dim=1)
+    expected = torch.stack([chunk.mean(dim=0) for chunk in per_patch.split(counts.tolist())])
+    assert embeddings.shape == (2, {"pooled": 1506, "penultimate": 200, "pooled+penultimate": 1706, "tags": 50}[layer])
+    torch.testing.assert_close(embeddings, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_space_names_model_weights_and_layer(classifiers):
+    clf = classifiers["musicnn-mtt"]
+    assert clf.embedding_layer == "penultimate" and clf.embedding_dim == 200
+    assert clf.embedding_space == f"builtin:musicnn-mtt@{clf.fingerprint}/penultimate"
+    pooled = load_builtin("musicnn-mtt", embedding_layer="pooled")
+    assert (pooled.embedding_dim, pooled.embedding_space.rsplit("/", 1)[1]) == (1506, "pooled")
+    with pytest.raises(ModelError, match="unknown musicnn embedding layer"):
+        load_builtin("musicnn-mtt", embedding_layer="logits")
 
 
 def test_short_windows_get_one_zero_padded_patch(classifiers, wavs):
@@ -382,7 +423,7 @@ def test_classifier_attributes(classifiers):
         assert clf.model_id == f"builtin:{name}"
         assert clf.fingerprint == hashlib.sha256(weights).hexdigest()[:16]
         assert clf.sampling_rate == SAMPLE_RATE and clf.multi_label
-        assert 0 < clf.default_min_confidence < 1
+        assert 0 < clf.default_min_confidence < 1 and clf.label_thresholds == {}
         assert clf.device == torch.device("cpu")
         # The built-in map decides every label explicitly and names no label the model lacks.
         assert clf.label_map.unknown_labels(clf.labels) == []

@@ -24,10 +24,11 @@ from mutagen.id3 import ID3, TCON
 
 from tagger.tagging.tags import read_genres, restore_genres, snapshot_genres, write_genres
 from tests.audio_fixtures import ffmpeg_available, have_encoder, make_audio
+from tests.shared_data import MUTAGEN_CORPUS
 
 pytestmark = pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg and ffprobe on PATH")
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "mutagen-data"
+CORPUS = MUTAGEN_CORPUS
 SYSTEM_PYTHON = "/usr/bin/python3"
 TWO = ["Shoegaze", "Dream Pop"]
 THREE = ["Shoegaze", "Dream Pop", "Ambient"]  # no name holds another, none holds a separator

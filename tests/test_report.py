@@ -315,8 +315,8 @@ def test_models(scanned, tiny_wav2vec2, tmp_path):
     available = {a["model"]: a for a in overview["available"]}
     trained = available[str(tiny_wav2vec2)]
     assert trained["fingerprint"] == fp and trained["in_index"] and trained["info"] == {"accuracy": 0.5}
-    # the last registered checkpoint is missing, so a plain scan falls back to the one before it
-    assert trained["default"] and overview["default"] == str(tiny_wav2vec2)
+    # registering lists a checkpoint; only `genretag models use` (or train --make-default) makes it the default
+    assert not trained["default"] and overview["default"] == "builtin:musicnn-msd"
     assert available[str(tmp_path / "deleted-checkpoint")]["missing"]
     assert "Available checkpoints" in invoke(models, ["--db", db]).output
     empty = model_overview(tmp_path / "none.db")

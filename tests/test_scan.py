@@ -16,6 +16,7 @@ from tagger.errors import ModelError
 from tagger.tagging.journal import PATHS_RECORDED
 from tagger.models.infer import DeferredClassifier, load_classifier
 from tests.index_rows import rows
+from tests.models import make_tiny_whisper
 
 TRACKS = 8
 
@@ -450,6 +451,23 @@ def test_bad_files_are_reported_and_the_scan_goes_on(library, tmp_path, tiny_wav
     assert "2 failed" in result.stderr
     db_failed = rows(tmp_path / "i.db", "select path, error from tracks where status = 'failed'")
     assert {Path(r["path"]).name for r in db_failed} == {"broken.mp3", "empty.flac"}
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory) -> Path:
+    return make_tiny_whisper(tmp_path_factory.mktemp("whisper"))
+
+
+def test_scan_with_a_whisper_checkpoint(library, tmp_path, tiny_whisper):
+    """Whisper's extractor pads or cuts every segment to 30 s: each window is one segment, and tracks of
+    2 s to 4 min are all predicted, recorded and tagged."""
+    summary = tag_folder(library, settings(tmp_path, tiny_whisper, write_tags=True), keep_results=True)
+    assert (summary.scanned, summary.tagged, summary.failed) == (TRACKS, TRACKS, 0)
+    for result in summary.results:
+        assert result.windows in (1, 3) and result.labels[0] in {"blues", "jazz", "metal", "pop"}
+        assert mutagen_genres(result.path) == result.labels
+    fingerprint = load_classifier(str(tiny_whisper)).fingerprint
+    assert {r["fingerprint"] for r in rows(tmp_path / "index.db", "select * from predictions")} == {fingerprint}
 
 
 def test_tagger_api_on_paths_and_arrays(mixed_library_src, tiny_ast):

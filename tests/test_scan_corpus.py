@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from tagger.cli import EXIT_FILES_FAILED, cli
 from tagger.discover import is_audio_name
+from tests.shared_data import MUTAGEN_CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "mutagen-data"
+CORPUS = MUTAGEN_CORPUS
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"mutagen corpus not found at {CORPUS}")
 
 

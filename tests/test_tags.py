@@ -23,11 +23,12 @@ from tagger.errors import FileChanged, TagReadError, TagWriteError, UnreadableFi
 from tagger.tagging.tags import (GENRE_KEYS, TEMP_RE, audio_digest, cleanup_stale_temps, read_genres, read_tags_summary,
                          restore_genres, snapshot_genres, write_genres)
 from tests.audio_fixtures import ffmpeg_available, have_encoder, make_audio
+from tests.shared_data import MUTAGEN_CORPUS
 
 pytestmark = pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg and ffprobe on PATH")
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "mutagen-data"
+CORPUS = MUTAGEN_CORPUS
 PROV = "model=builtin:musicnn-msd;fp=abc123;score=0.81;labels=Rock,Shoegaze"
 NEW = ["Rock", "Shoegaze"]
 

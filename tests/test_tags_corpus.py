@@ -17,8 +17,9 @@ from mutagen.id3 import ID3
 
 from tagger.errors import FileError, TagReadError, TagWriteError, UnsupportedFormat
 from tagger.tagging.tags import audio_digest, read_genres, restore_genres, snapshot_genres, write_genres
+from tests.shared_data import MUTAGEN_CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "mutagen-data"
+CORPUS = MUTAGEN_CORPUS
 MANIFEST = CORPUS / "MANIFEST.tsv"
 NEW = ["Rock", "Shoegaze"]
 PROV = "model=builtin:musicnn-msd;fp=abc123;score=0.81;labels=Rock,Shoegaze"

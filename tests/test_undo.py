@@ -27,12 +27,12 @@ from tagger.tagging.tags import (TEMP_RE, UNDO_LIMIT, read_genres, restore_exact
                                  write_genres)
 from tests.audio_fixtures import encoder_for, ffmpeg_available, have_encoder, make_audio
 from tests.index_rows import rows
+from tests.shared_data import MUTAGEN_CORPUS
 
 pytestmark = pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg and ffprobe on PATH")
 
 GENRETAG = str(Path(sys.executable).with_name("genretag"))
-CORPUS = Path(os.environ.get("GENRETAG_MUTAGEN_CORPUS",
-                             Path(__file__).resolve().parents[2] / "shared" / "corpus" / "mutagen-data"))
+CORPUS = MUTAGEN_CORPUS
 OLD = 978_307_200 * 10**9  # 2001-01-01: a modification time no write can produce by accident
 
 # One file per format audio_fixtures makes (and per tag layout that undo used to get wrong).

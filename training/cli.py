@@ -6,6 +6,7 @@ commands, so ``genretag --help`` stays instant).
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import fields
 
@@ -14,8 +15,11 @@ import click
 from tagger.errors import GenretagError
 from tagger.reporting.safe import dumps, escape_controls
 
-from .data import DataSettings
+from .data import MIN_PER_GENRE, SPLITS, DataSettings
 from .train import TrainSettings
+
+TRAINING_EXTRAS = ("sklearn", "matplotlib", "accelerate")
+"""What ``pip install 'genretag[train]'`` adds (scikit-learn, matplotlib, accelerate), by import name."""
 
 PARTS = ("train", "valid", "test")
 
@@ -49,16 +53,32 @@ def data_options(fn):
     """The options that pick and split the clips; train and evaluate share them, so the same options
     (and seed) give evaluate exactly the clips train held out."""
     for decorator in reversed([
-        _option(DataSettings, "split", type=click.Choice(["filtered", "random"])),
+        _option(DataSettings, "split", type=click.Choice(SPLITS)),
         _option(DataSettings, "seed", type=int),
         _option(DataSettings, "from_index", is_flag=True),
         _option(DataSettings, "db", type=click.Path(dir_okay=False)),
-        _option(DataSettings, "min_per_genre", type=click.IntRange(min=1)),
+        _option(DataSettings, "min_per_genre", type=click.IntRange(min=MIN_PER_GENRE)),
         _option(DataSettings, "genres", type=str, callback=_genres, metavar="A,B,C"),
         _option(DataSettings, "genre_map", type=click.Path(exists=True, dir_okay=False)),
     ]):
         fn = decorator(fn)
     return fn
+
+
+def require_training_extras(names: tuple[str, ...] = TRAINING_EXTRAS) -> None:
+    """Exit with one line naming what to install when the training extras are missing (rather than an
+    ImportError traceback halfway through)."""
+    import importlib
+
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise click.ClickException(f"training needs the training extras (missing: {', '.join(missing)}): "
+                                   "pip install 'genretag[train]'")
 
 
 def _data_settings(data: str, options: dict) -> DataSettings:
@@ -85,14 +105,19 @@ def _data_settings(data: str, options: dict) -> DataSettings:
 @_option(TrainSettings, "max_windows", type=click.IntRange(min=1))
 @_option(TrainSettings, "cache_gb", type=click.FloatRange(min=0))
 @_option(TrainSettings, "workers", type=click.IntRange(min=0))
-@_option(TrainSettings, "register", is_flag=True)
+@_option(TrainSettings, "make_default", is_flag=True)
 def train(data, **options):
-    """Fine-tune an audio-classification model on labelled clips in DATA.
+    """Train a genre classifier on labelled clips in DATA.
 
-    DATA is a GTZAN folder (fault-filtered split by default), a folder of <genre>/ subfolders, or, with
-    --from-index, your scanned music library, labelled by the genres already in its tags. The result in
-    --output is a checkpoint that `genretag scan --model DIR` uses and that becomes the default model.
+    With --base-model builtin:musicnn-msd (or -mtt), a classification head learns from the built-in
+    model's embeddings: offline, minutes on a CPU, good with 5-50 clips per genre. Any other base model
+    (a transformers audio-classification checkpoint) is fine-tuned.
+
+    DATA is a GTZAN folder, a folder of <genre>/ subfolders, or, with --from-index, your scanned music
+    library, labelled by the genres already in its tags. The result in --output is a checkpoint that
+    `genretag scan --model DIR` uses; `genretag models use DIR` (or --make-default) makes it the default.
     """
+    require_training_extras()
     from .train import train as run_training
 
     data_settings = _data_settings(data, options)
@@ -104,11 +129,17 @@ def train(data, **options):
         sys.exit(130)
     except GenretagError as err:
         raise _fail(err) from None
-    for part in ("test", "valid"):
+    for part in ("cv", "test", "valid"):
         if m := result.metrics.get(part):
-            _say(f"{part} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
-                 f"({m['split']}, {m['count']} clips)")
-    _say(f"checkpoint: {result.output}" + (" (now the default model of `genretag scan`)" if settings.register else ""))
+            spread = f" ± {m['accuracy_std']:.3f}" if "accuracy_std" in m else ""
+            _say(f"{'cross-validated' if part == 'cv' else part} accuracy {m['accuracy']:.3f}{spread}, "
+                 f"macro-F1 {m['macro_f1']:.3f} ({m['split']}, {m['count']} clips)")
+    _say(f"checkpoint: {result.output}")
+    if settings.make_default:
+        _say("it is now the default model of `genretag scan`")
+    else:
+        _say(f"scan with it: genretag scan --model {shlex.quote(str(result.output))} MUSIC_DIR; make it the "
+             f"default: genretag models use {shlex.quote(str(result.output))}")
     _say(f"took {result.seconds / 60:.1f} min on {result.hardware}")
 
 
@@ -127,6 +158,7 @@ def evaluate(checkpoint, data, part, device, batch_size, as_json, **options):
 
     Give the data options that training had (split, seed, genres, ...) to get the same held-out clips.
     """
+    require_training_extras(("sklearn",))
     from .evaluate import evaluate_checkpoint
     from .metrics import report_text
 

@@ -15,9 +15,20 @@ Four sources, one result (a :class:`Dataset` of ``(path, label)`` examples):
 * **A Hugging Face hub dataset id** (needs network and the ``datasets`` package): its clips are
   written once as WAV files under the genretag data dir and then read like a class-per-folder dataset.
 
-Everything other than the filtered GTZAN split is split at random, stratified by label, 80/10/10, with
-a seed. Splits are made from paths only, before any audio is decoded, so ``genretag evaluate`` with
-the same options sees exactly the clips ``genretag train`` held out. Nothing here imports torch.
+Splits (``--split``), made from paths only, before any audio is decoded, so ``genretag evaluate`` with
+the same options sees exactly the clips ``genretag train`` held out:
+
+* ``filtered``: the fault-filtered GTZAN lists. The default for a GTZAN copy that holds (nearly) all
+  of the clips those lists name.
+* ``grouped``: for GTZAN copies that do not (a few clips per genre, like a development subset): each
+  genre's clips in clip-number order are cut into three runs, 80/10/10 with at least one clip in
+  each, train first, then valid, then test. GTZAN's neighbouring excerpts often come from one artist
+  or album, so contiguous runs keep most of an artist's clips in one part, which a random split would
+  scatter. The filtered lists would leave such a copy with empty parts or genres without training clips.
+* ``random``: stratified by label, 80/10/10 with at least one clip of each genre in each part, seeded.
+  The default for every other source.
+
+Every genre needs ``MIN_PER_GENRE`` clips, so no part is ever empty. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -37,6 +48,10 @@ PARTS = ("train", "valid", "test")
 RANDOM_FRACTIONS = (0.8, 0.1, 0.1)
 MIN_PER_GENRE = 3
 """A genre needs one clip in each of train, valid and test to be learned and measured at all."""
+FILTERED_COVERAGE = 0.9
+"""A GTZAN copy gets the filtered split by default only if it holds this share of the clips the filtered
+lists name; a smaller copy gets the grouped split."""
+SPLITS = ("filtered", "grouped", "random")
 
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 GTZAN_FILE = re.compile(r"\A(?P<genre>[a-z]+)\.(?P<number>\d{5})\.(?:wav|au)\Z")
@@ -57,13 +72,16 @@ class DataSettings:
 
     data: str = _opt("", "GTZAN folder, class-per-folder dataset, music library (--from-index) or hub id.")
     split: str | None = _opt(None, "filtered (GTZAN's fault-filtered artist-conscious split; the default "
-                                   "for GTZAN) or random (stratified 80/10/10; the default elsewhere).")
+                                   "for a complete GTZAN), grouped (GTZAN clip-number runs per genre, 80/10/10; "
+                                   "the default for partial GTZAN copies) or random (stratified 80/10/10; "
+                                   "the default elsewhere).")
     seed: int = _opt(0, "Seed of the random split, the crops, the augmentation and the new head.")
     from_index: bool = _opt(False, "DATA is your library: learn the genres already in its tags, as read "
                                    "into the index by `genretag scan`.")
     db: str | None = _opt(None, "Index to read with --from-index (default: $GENRETAG_DB or "
                                 "~/.local/share/genretag/index.db).")
-    min_per_genre: int = _opt(MIN_PER_GENRE, "Drop genres with fewer clips than this.")
+    min_per_genre: int = _opt(MIN_PER_GENRE, f"Drop genres with fewer clips than this (at least {MIN_PER_GENRE}: "
+                                             "one each to train, validate and test on).")
     genres: tuple[str, ...] | None = _opt(None, "Only these genres (comma-separated, after --genre-map).")
     genre_map: str | None = _opt(None, 'TOML file renaming genres, e.g. "Hip Hop" = "Hip-Hop"; '
                                        "renamed genres merge.")
@@ -99,6 +117,12 @@ class Dataset:
         counts = " / ".join(f"{len(v)} {k}" for k, v in self.parts().items())
         return f"{self.source} dataset at {self.root}, {self.split} split: {counts} clips, {len(self.labels)} genres"
 
+    def genre_counts(self) -> str:
+        """Clips per genre and part, one line: ``blues 3/1/1, classical 3/1/1 (train/valid/test)``."""
+        counts = {part: Counter(e.label for e in examples) for part, examples in self.parts().items()}
+        per_genre = [f"{g} {'/'.join(str(counts[p][g]) for p in PARTS)}" for g in self.labels]
+        return f"clips per genre: {', '.join(per_genre)} ({'/'.join(PARTS)})"
+
     def without(self, bad: set[str]) -> "Dataset":
         """The same dataset minus the clips at ``bad`` paths (unreadable audio)."""
         keep = {part: [e for e in examples if e.path not in bad] for part, examples in self.parts().items()}
@@ -107,19 +131,21 @@ class Dataset:
 
 def load_dataset(settings: DataSettings) -> Dataset:
     """Find the clips of ``settings.data``, label them, filter the genres and split them."""
+    if settings.min_per_genre < MIN_PER_GENRE:
+        raise DataError(f"--min-per-genre {settings.min_per_genre}: a genre needs at least {MIN_PER_GENRE} "
+                        "clips (one each to train, validate and test on)")
     source, root, pairs, notes = _read_source(settings)
     examples, label_notes = relabel(pairs, settings)
     notes += label_notes
-    split = settings.split or ("filtered" if source == "gtzan" else "random")
+    split, why = choose_split(settings.split, source, examples, Path(root))
+    if why:
+        notes.append(why)
     if split == "filtered":
-        if source != "gtzan":
-            raise DataError(f"the filtered split is defined for GTZAN only; {root} is a {source} dataset "
-                            "(use --split random)")
         parts, split_notes = filtered_split(examples, Path(root))
-    elif split == "random":
-        parts, split_notes = random_split(examples, settings.seed)
+    elif split == "grouped":
+        parts, split_notes = grouped_split(examples)
     else:
-        raise DataError(f"unknown split '{split}' (filtered or random)")
+        parts, split_notes = random_split(examples, settings.seed)
     notes += split_notes
     labels = sorted({e.label for e in parts["train"]})
     for part in ("valid", "test"):
@@ -129,7 +155,11 @@ def load_dataset(settings: DataSettings) -> Dataset:
             parts[part] = [e for e in parts[part] if e.label in labels]
     if len(labels) < 2:
         raise DataError(f"{root}: need at least 2 genres with training clips, found {len(labels)}"
-                        + (" (is the filtered split right for this copy? try --split random)"
+                        + (" (is the filtered split right for this copy? try --split grouped)"
+                           if split == "filtered" else ""))
+    if empty := [part for part in PARTS if not parts[part]]:
+        raise DataError(f"{root}: the {split} split leaves no clips in {' and '.join(empty)}"
+                        + (" (this GTZAN copy lacks most of the filtered split; use --split grouped)"
                            if split == "filtered" else ""))
     return Dataset(source, str(root), split, labels, parts["train"], parts["valid"], parts["test"], notes)
 
@@ -313,6 +343,53 @@ def _spellings(names: list[str], allowed: dict | None, mapped: set[str]) -> dict
 
 
 # -- splits ----------------------------------------------------------------------------------------------
+def choose_split(requested: str | None, source: str, examples: list[Example], root: Path
+                 ) -> tuple[str, str | None]:
+    """``(split, why)``: the split asked for, else the default for the source (``why`` says why a GTZAN
+    copy does not get the filtered split)."""
+    if requested is not None and requested not in SPLITS:
+        raise DataError(f"unknown split '{requested}' ({', '.join(SPLITS)})")
+    if requested in ("filtered", "grouped") and source != "gtzan":
+        raise DataError(f"the {requested} split is defined for GTZAN only; {root} is a {source} dataset "
+                        "(use --split random)")
+    if requested or source != "gtzan":
+        return requested or "random", None
+    listed = {_gtzan_key(entry, None) for entries in filtered_split_lists().values() for entry in entries}
+    labels = {e.label for e in examples}
+    listed = {key for key in listed if key.split("/")[0] in labels}  # the genres kept (--genres)
+    present = len(listed & {_gtzan_key(e.path, root) for e in examples})
+    if listed and present >= FILTERED_COVERAGE * len(listed):
+        return "filtered", None
+    return "grouped", (f"this GTZAN copy holds {present} of the {len(listed)} clips of the fault-filtered split "
+                       f"(of its genres), too few for that split: using the grouped split (each genre's clips "
+                       "in clip-number runs, 80/10/10), which keeps neighbouring excerpts, often one "
+                       "artist's, mostly in one part")
+
+
+def grouped_split(examples: list[Example], fractions=RANDOM_FRACTIONS) -> tuple[dict[str, list[Example]], list[str]]:
+    """GTZAN clips cut, per genre and in clip-number order, into a train run, a valid run and a test run
+    (80/10/10, at least one clip in valid and in test)."""
+    parts: dict[str, list[Example]] = {part: [] for part in PARTS}
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    for items in by_label.values():
+        items = sorted(items, key=lambda e: gtzan_number(e.path))
+        n = len(items)
+        n_valid, n_test = max(1, round(n * fractions[1])), max(1, round(n * fractions[2]))
+        n_train = n - n_valid - n_test
+        parts["train"] += items[:n_train]
+        parts["valid"] += items[n_train:n_train + n_valid]
+        parts["test"] += items[n_train + n_valid:]
+    return {part: sorted(items, key=lambda e: e.path) for part, items in parts.items()}, []
+
+
+def gtzan_number(path: str) -> int:
+    """The clip number of a GTZAN file name (``blues.00042.wav`` -> 42)."""
+    match = GTZAN_FILE.match(Path(path).name)
+    return int(match["number"]) if match else -1
+
+
 def filtered_split_lists() -> dict[str, list[str]]:
     """The fault-filtered GTZAN lists: ``genre/genre.000NN.wav`` entries per part."""
     folder = resources.files("training") / "splits"

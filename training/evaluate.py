@@ -18,8 +18,14 @@ CHUNK = 16
 
 
 def evaluate_parts(checkpoint, dataset: Dataset, parts: Sequence[str] = ("test",), *, device: str = "auto",
-                   batch_size: int | None = None, on_skip: Callable[[str], None] | None = None) -> dict:
-    """``{part: metrics}`` (see :func:`training.metrics.split_metrics`) for the non-empty ``parts``."""
+                   batch_size: int | None = None, on_skip: Callable[[str], None] | None = None,
+                   scores: dict | None = None) -> dict:
+    """``{part: metrics}`` (see :func:`training.metrics.split_metrics`) for the non-empty ``parts``.
+
+    ``scores``, if given, receives ``{part: (labels, true label indices [N], track scores [N, L])}``:
+    what the thresholds are chosen from."""
+    import numpy as np
+
     from tagger.pipeline import Tagger
 
     from .metrics import split_metrics
@@ -38,23 +44,32 @@ def evaluate_parts(checkpoint, dataset: Dataset, parts: Sequence[str] = ("test",
         if not examples:
             continue
         scored = classify(tagger, examples, report)
-        results[part] = split_metrics([e.label for e, _ in scored], [p for _, p in scored], labels,
+        results[part] = split_metrics([e.label for e, _ in scored], [r[0][0] for _, r in scored], labels,
                                       dataset.split_name(part), paths=[e.path for e, _ in scored])
+        if scores is not None and scored:
+            index = {label: i for i, label in enumerate(labels)}
+            probs = np.zeros((len(scored), len(labels)))
+            for row, (_, ranking) in enumerate(scored):
+                for label, score in ranking:
+                    probs[row, index[label]] = score
+            scores[part] = (labels, np.array([index[e.label] for e, _ in scored]), probs)
     return results
 
 
-def classify(tagger, examples: list[Example], report: Callable[[str], None]) -> list[tuple[Example, str]]:
-    """``(example, top-1 label)`` per readable clip; unreadable clips are reported and left out."""
+def classify(tagger, examples: list[Example], report: Callable[[str], None]
+             ) -> list[tuple[Example, list[tuple[str, float]]]]:
+    """``(example, ranking)`` per readable clip, best label first; unreadable clips are reported and left
+    out."""
     out = []
     for start in range(0, len(examples), CHUNK):
         chunk = examples[start:start + CHUNK]
         try:
             results = tagger.classify_tracks([e.path for e in chunk])
-            out += [(e, r.ranking[0][0]) for e, r in zip(chunk, results)]
+            out += [(e, r.ranking) for e, r in zip(chunk, results)]
         except (FileError, OSError):  # find the bad clip(s); the rest of the chunk still counts
             for e in chunk:
                 try:
-                    out.append((e, tagger.classify_tracks([e.path])[0].ranking[0][0]))
+                    out.append((e, tagger.classify_tracks([e.path])[0].ranking))
                 except (FileError, OSError) as err:
                     report(f"skipped {err if isinstance(err, FileError) else UnreadableFile(e.path, str(err))}")
     return out

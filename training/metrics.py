@@ -85,12 +85,96 @@ def write_artifacts(folder: Path, results: dict, dataset, info: dict) -> None:
             "counts": {part: len(v) for part, v in dataset.parts().items()}, "notes": dataset.notes}
     (folder / "metrics.json").write_text(json.dumps(
         {"splits": results, "dataset": data, "training": info}, indent=2, default=str))
-    headline = results.get("test") or results.get("valid")
+    headline = results.get("test") or results.get("valid") or results.get("cv")
     if headline:
         plot_confusion(headline, folder / "confusion_matrix.png")
     (folder / "classification_report.txt").write_text(
-        "\n\n".join(report_text(results[part]) for part in ("test", "valid") if part in results))
-    (folder / "README.md").write_text(model_card(results, data, info))
+        "\n\n".join(report_text(results[part]) for part in REPORTED if part in results))
+    card = head_card if info.get("kind") == "head" else model_card
+    (folder / "README.md").write_text(card(results, data, info))
+
+
+REPORTED = ("test", "valid", "cv")
+"""The parts a checkpoint's report and card show, headline first: cv is a head's cross-validation on its
+training clips."""
+
+
+def _result_rows(results: dict) -> list[str]:
+    rows = []
+    for part in REPORTED:
+        if m := results.get(part):
+            spread = f" ± {m['accuracy_std']:.3f}" if "accuracy_std" in m else ""
+            rows.append(f"| {m['split']} | {m['count']} | {m['accuracy']:.3f}{spread} | {m['macro_f1']:.3f} |")
+    return rows
+
+
+def _per_class_rows(m: dict) -> list[str]:
+    return [f"| {label} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+            for label, c in m.get("per_class", {}).items()]
+
+
+def _calibration_lines(info: dict) -> list[str]:
+    cal = info.get("calibration")
+    if not cal:
+        return ["- No held-out predictions: the fallback threshold 0.3 applies."]
+    t = cal["thresholds"]
+    lines = [f"- Threshold {t['min_confidence']:.2f} (per genre: "
+             f"{', '.join(f'{k} {v:.2f}' for k, v in t['label_thresholds'].items()) or 'none'}): the lowest "
+             f"top score at which held-out predictions were right {t['target_precision']:.0%} of the time "
+             f"(they were {t['precision']:.1%} right, {t['coverage']:.0%} of the tracks reached it)"
+             + ("" if t["target_reached"] else "; the target was not reached") + "."]
+    if "ece_calibrated" in cal:
+        verdict = (f"applied (T = {cal['temperature']:.2f})" if cal["temperature_scaling"]
+                   else "not applied: it did not help predictions it was not fitted on")
+        low, high = cal["ece_if_calibrated"]
+        lines.append(f"- Calibration of the out-of-fold probabilities: expected calibration error {cal['ece']:.3f} "
+                     f"(log loss {cal['log_loss']:.3f}); with a temperature fitted on the other folds "
+                     f"{cal['ece_calibrated']:.3f} (log loss {cal['log_loss_calibrated']:.3f}); temperature "
+                     f"scaling {verdict}. Perfectly calibrated scores would show an ECE of {low:.3f}-{high:.3f} "
+                     f"on as many clips (90 % of draws).")
+    else:
+        lines.append(f"- Calibration on the {cal['clips']} validation clips: expected calibration error "
+                     f"{cal['ece']:.3f} (no temperature scaling).")
+    return lines
+
+
+def head_card(results: dict, data: dict, info: dict) -> str:
+    """README.md of a head checkpoint: what it is, how well it does, and how it was made."""
+    headline = results.get("test") or results.get("cv") or {}
+    head = info["head"]
+    cv = head["cv"]
+    counts = data["counts"]
+    stages = info.get("stages_seconds", {})
+    lines = [
+        "---", "tags: [genretag, music-genre-classification]", "---", "",
+        f"# Music genre classifier ({len(data['labels'])} genres): a head on {info['base_model']}", "",
+        f"A {head['kind']} on the {head['embedding_dim']}-d embeddings `{head['embedding_space']}`, trained "
+        f"on the {data['source']} dataset at `{data['root']}` ({data['split']} split: {counts['train']} train "
+        f"+ {counts['valid']} valid clips to train on, {counts['test']} test clips).",
+        f"Genres: {', '.join(data['labels'])}.", "",
+        "Use it: `genretag scan --model <this folder> MUSIC_DIR`; make it the default with "
+        "`genretag models use <this folder>`. It needs the built-in model it names (checked by fingerprint).",
+        "", "## Results", "",
+        "Cross-validated on the training clips (out-of-fold predictions, "
+        f"{'nested: C chosen inside each fold, ' if cv['nested'] else ''}"
+        f"{'folds keep groups of neighbouring clips together' if cv['grouped'] else 'clip by clip'}), "
+        "and on the test part with genretag's own decoding, windows and aggregation; top-1 genre per clip:", "",
+        "| split | clips | accuracy | macro-F1 |", "|---|---|---|---|", *_result_rows(results), "",
+        f"Per genre, {headline.get('split', '-')}:", "",
+        "| genre | precision | recall | F1 | clips |", "|---|---|---|---|---|", *_per_class_rows(headline), "",
+        "## Scores and thresholds", "", *_calibration_lines(info), "",
+        "## Training", "",
+        f"- Command: `{info['command']}`.",
+        f"- Hardware: {info['hardware']}; {info['train_seconds']:.0f} s in all (decoding {stages.get('decode_cpu')} "
+        f"s of CPU, embedding {stages.get('embed')} s, fitting {stages.get('fit')} s).",
+        f"- C = {head['C']:.3g} chosen from {len(head['selection'])} values by {cv['folds']}-fold cross-validation "
+        f"({'standardised' if head['standardize'] else 'raw'} float16-rounded embeddings, backbone in "
+        f"{head['precision']}).",
+        f"- Trained {time.strftime('%Y-%m-%d')}; unreadable clips skipped: "
+        f"{', '.join(info.get('skipped_unreadable') or []) or 'none'}.", "",
+        "Data notes:", *(f"- {note}" for note in data["notes"] or ["none"]), "",
+    ]
+    return "\n".join(lines)
 
 
 def model_card(results: dict, data: dict, info: dict) -> str:
@@ -101,10 +185,8 @@ def model_card(results: dict, data: dict, info: dict) -> str:
     if not base.startswith((".", "/", "~")) and not Path(base).exists():
         front.append(f"base_model: {base}")  # only hub ids are meaningful to the hub
     headline = results.get("test") or results.get("valid") or {}
-    rows = [f"| {m['split']} | {m['count']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} |"
-            for part in ("test", "valid") if (m := results.get(part))]
-    per_class = [f"| {label} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-                 for label, c in headline.get("per_class", {}).items()]
+    rows = _result_rows(results)
+    per_class = _per_class_rows(headline)
     recipe = (f"learning rate {settings.get('learning_rate')} ({settings.get('lr_scheduler')} decay, "
               f"{settings.get('warmup_ratio')} warm-up), batch {settings.get('batch_size')} x "
               f"{settings.get('gradient_accumulation_steps')} accumulation, random {info.get('crop_seconds'):g} s "
@@ -125,7 +207,8 @@ def model_card(results: dict, data: dict, info: dict) -> str:
         f"Fine-tuned from `{base}` on the {data['source']} dataset at `{data['root']}` ({data['split']} split: "
         f"{counts['train']} train / {counts['valid']} valid / {counts['test']} test clips).",
         f"Genres: {', '.join(data['labels'])}.", "",
-        "Use it: `genretag scan --model <this folder> MUSIC_DIR` (it is also the default model of later scans).",
+        "Use it: `genretag scan --model <this folder> MUSIC_DIR`; make it the default with "
+        "`genretag models use <this folder>`.",
         "", "## Results", "",
         "Measured with genretag's own decoding, windows and aggregation (what `genretag scan` does), top-1 "
         "genre per clip:", "",
@@ -134,6 +217,7 @@ def model_card(results: dict, data: dict, info: dict) -> str:
         "| genre | precision | recall | F1 | clips |", "|---|---|---|---|---|", *per_class, "",
         "The confusion matrix is `confusion_matrix.png`; the full numbers are in `metrics.json` and "
         "`classification_report.txt`.", "",
+        "## Scores and thresholds", "", *_calibration_lines(info), "",
         "## Training", "", *(f"- {item}." for item in training), "",
         "Data notes:", *(f"- {note}" for note in data["notes"] or ["none"]), "",
     ]

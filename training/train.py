@@ -1,5 +1,6 @@
 """Fine-tune an audio-classification checkpoint on labelled clips; the result is a folder that
-``genretag scan --model DIR`` uses directly and that becomes the default model.
+``genretag scan --model DIR`` uses directly (and, with ``--make-default`` or ``genretag models use DIR``,
+later scans by default). A built-in base model gets a head on its embeddings instead (:mod:`training.heads`).
 
 The recipe is the classic one (wav2vec2 / AST / Whisper on GTZAN with the Hugging Face ``Trainer``:
 lr 3e-5, 10 % warm-up, batch 8, 10 epochs, the best epoch by validation accuracy), with three changes:
@@ -45,8 +46,10 @@ class TrainSettings:
     """How to fine-tune. Each field's ``help`` is the CLI's help text for the option of that name."""
 
     output: str = _opt("", "Folder for the trained checkpoint (replaced if it holds an older one).")
-    base_model: str = _opt("facebook/wav2vec2-base", "Checkpoint to start from: a local folder or hub id of "
-                           "any audio-classification model (wav2vec2, HuBERT, AST, Whisper, ...).")
+    base_model: str = _opt("facebook/wav2vec2-base", "What to start from: builtin:musicnn-msd or "
+                           "builtin:musicnn-mtt trains a head on the built-in model's embeddings (offline, "
+                           "minutes on a CPU); a local folder or hub id of an audio-classification model "
+                           "(wav2vec2, HuBERT, AST, Whisper, ...) is fine-tuned.")
     epochs: float = _opt(10.0, "Training epochs (the best one by validation accuracy is kept).")
     max_steps: int | None = _opt(None, "Stop after this many optimizer steps (overrides --epochs).")
     learning_rate: float = _opt(3e-5, "Peak learning rate.")
@@ -63,7 +66,14 @@ class TrainSettings:
     max_windows: int = _opt(3, "Most 30 s windows used per track, the same windows a scan analyses.")
     cache_gb: float = _opt(8.0, "Decoded audio kept in memory (GB); clips beyond it are decoded per step.")
     workers: int | None = _opt(None, "Data-loading processes (default: 4 on CUDA, 0 on CPU).")
-    register: bool = _opt(True, "Make the result the default model of later scans.")
+    make_default: bool = _opt(False, "Make the result the default model of later scans (or later: "
+                                     "`genretag models use DIR`).")
+
+
+FINE_TUNING_ONLY = ("epochs", "max_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "batch_size",
+                    "gradient_accumulation_steps", "augment", "freeze_encoder", "patience", "crop_seconds",
+                    "cache_gb", "workers")
+"""The options that only fine-tuning uses; a head on a built-in model ignores them."""
 
 
 @dataclass
@@ -79,17 +89,23 @@ class TrainResult:
 # -- the whole run -----------------------------------------------------------------------------------------
 def train(data: DataSettings, settings: TrainSettings, report: Callable[[str], None] = print) -> TrainResult:
     """Load and split the data, fine-tune, evaluate the best epoch the way ``scan`` runs it, write the
-    checkpoint folder and (with ``settings.register``) make it the default model."""
-    from tagger.models.identity import register_trained_model
+    checkpoint folder, list it in the model registry and (with ``settings.make_default``) make it the
+    default model. A built-in base model gets a head trained on its embeddings instead
+    (:mod:`training.heads`)."""
+    from tagger.models.identity import register_trained_model, use_model
 
     from . import evaluate, metrics
+    from .heads import is_head_base, train_head
 
+    if is_head_base(settings.base_model):
+        return train_head(data, settings, report)
     started = time.perf_counter()
     output = _check_output(settings.output)
     dataset = load_dataset(data)
     for note in dataset.notes:
         report(f"note: {note}")
     report(dataset.summary())
+    report(dataset.genre_counts())
     model, extractor = load_base_model(settings.base_model, dataset.labels, data.seed)
     report(f"base model {settings.base_model} ({type(model).__name__}), new head for {len(dataset.labels)} "
            f"genres: {', '.join(dataset.labels)}")
@@ -106,14 +122,16 @@ def train(data: DataSettings, settings: TrainSettings, report: Callable[[str], N
         extractor.save_pretrained(staging)
         train_seconds = time.perf_counter() - started
         report("evaluating the best epoch with the tagger's own decoding, windows and aggregation")
-        results = evaluate.evaluate_parts(staging, dataset, ("valid", "test"), on_skip=report)
+        scores: dict = {}
+        results = evaluate.evaluate_parts(staging, dataset, ("valid", "test"), on_skip=report, scores=scores)
+        calibration = store_thresholds(staging, scores.get("valid"), report)
         hardware = describe_hardware()
         command = command_line(data, settings)
         metrics.write_artifacts(
             staging, results, dataset, info={
                 "base_model": settings.base_model, "command": command, "hardware": hardware,
                 "train_seconds": round(train_seconds, 1), "skipped_unreadable": sorted(bad),
-                "settings": asdict(settings), "data": asdict(data), **state})
+                "settings": asdict(settings), "data": asdict(data), "calibration": calibration, **state})
         _replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -121,11 +139,34 @@ def train(data: DataSettings, settings: TrainSettings, report: Callable[[str], N
     if not results:
         report("note: no held-out clips (every genre has fewer than 3): no accuracy was measured")
     headline = results.get("test") or results.get("valid") or {}
-    if settings.register:
-        register_trained_model(output, {
-            "base_model": settings.base_model, "labels": dataset.labels, "split": headline.get("split"),
-            "accuracy": headline.get("accuracy"), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    register_trained_model(output, {
+        "base_model": settings.base_model, "labels": dataset.labels, "split": headline.get("split"),
+        "accuracy": headline.get("accuracy"), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if settings.make_default:
+        use_model(str(output))
     return TrainResult(output, dataset, results, time.perf_counter() - started, hardware, command)
+
+
+def store_thresholds(folder: Path, valid, report: Callable[[str], None]) -> dict | None:
+    """Choose the thresholds on the validation clips' scores (:mod:`training.calibration`) and store them
+    in the checkpoint's config.json (``genretag_min_confidence``, ``genretag_label_thresholds``); returns
+    what the model card records. Without validation clips the checkpoint keeps the fallback threshold."""
+    import json
+
+    from .calibration import choose_thresholds, expected_calibration_error, log_loss
+
+    if not valid:
+        report("note: no validation clips: the checkpoint keeps the fallback threshold")
+        return None
+    labels, true, probs = valid
+    thresholds = choose_thresholds(probs, true, labels)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(genretag_min_confidence=thresholds.global_threshold,
+                  genretag_label_thresholds=thresholds.per_label)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return {"ece": expected_calibration_error(probs, true), "log_loss": log_loss(probs, true),
+            "clips": int(len(true)), "measured_on": "valid", "thresholds": thresholds.as_dict()}
 
 
 def _check_output(name: str) -> Path:
@@ -486,7 +527,7 @@ def describe_hardware() -> str:
 def command_line(data: DataSettings, settings: TrainSettings) -> str:
     """The ``genretag train`` command that repeats this run (every option that differs from its default)."""
     args = ["genretag", "train", data.data]
-    for obj, skip in ((data, {"data"}), (settings, {"register"})):
+    for obj, skip in ((data, {"data"}), (settings, {"make_default"})):
         defaults = type(obj)()
         for f in fields(obj):
             value = getattr(obj, f.name)

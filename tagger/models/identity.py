@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
@@ -23,13 +23,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def resolve_model_name(requested: str | None) -> str:
-    """``--model`` > ``$GENRETAG_MODEL`` > the last ``genretag train`` output > the built-in model."""
+    """``--model`` > ``$GENRETAG_MODEL`` > the model chosen with ``genretag models use`` > the built-in
+    model. Training a checkpoint never changes this by itself (``genretag train --make-default`` does)."""
     if requested:
         return requested
     if env := os.environ.get("GENRETAG_MODEL"):
         return env
-    if trained := latest_trained_model():
-        return trained
+    if chosen := chosen_default_model():
+        return chosen
     return DEFAULT_MODEL
 
 
@@ -37,30 +38,58 @@ def registry_path() -> Path:
     return data_dir() / "models.json"
 
 
-def latest_trained_model() -> str | None:
-    """The checkpoint most recently registered by ``genretag train``, if it still exists."""
+def _read_registry() -> dict:
     try:
-        entries = json.loads(registry_path().read_text())["trained"]
-    except (OSError, ValueError, KeyError):
-        return None
-    for entry in reversed(entries):
-        if Path(entry["path"]).is_dir():
-            return entry["path"]
-    return None
+        data = json.loads(registry_path().read_text())
+    except (OSError, ValueError):
+        return {"trained": []}
+    return data if isinstance(data, dict) else {"trained": []}
+
+
+def _write_registry(data: dict) -> None:
+    reg = registry_path()
+    reg.parent.mkdir(parents=True, exist_ok=True)
+    tmp = reg.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, reg)
+
+
+def chosen_default_model() -> str | None:
+    """The model ``genretag models use`` (or ``train --make-default``) chose, if any. A chosen folder that
+    has gone is still returned: loading it then fails and says so, rather than a scan silently tagging
+    with another model."""
+    chosen = _read_registry().get("default")
+    return chosen if isinstance(chosen, str) and chosen else None
 
 
 def register_trained_model(path: str | os.PathLike, info: dict | None = None) -> None:
-    """Record a new checkpoint so later scans use it by default."""
-    reg = registry_path()
-    try:
-        data = json.loads(reg.read_text())
-    except (OSError, ValueError):
-        data = {"trained": []}
+    """Record a new checkpoint, so ``genretag models`` lists it. It does not become the default."""
+    data = _read_registry()
     data.setdefault("trained", []).append({"path": os.path.abspath(path), **(info or {})})
-    reg.parent.mkdir(parents=True, exist_ok=True)
-    tmp = reg.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, reg)
+    _write_registry(data)
+
+
+def use_model(name: str) -> str:
+    """Make ``name`` (``builtin:NAME`` or a checkpoint folder) the model of later scans; returns the name
+    stored (a folder as an absolute path). Refuses what cannot be identified from its files."""
+    if name.startswith("builtin:"):
+        if model_identity(name) is None:
+            raise ModelError(f"no built-in model '{name}'")
+        stored = name
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"{name}: no such checkpoint folder")
+        if model_identity(str(folder)) is None:
+            raise ModelError(f"{name}: not a usable checkpoint folder (no config.json with labels, or its "
+                             "backbone changed); `genretag scan --model` on it says more")
+        stored = os.path.abspath(folder)
+    data = _read_registry()
+    data["default"] = stored
+    if not stored.startswith("builtin:") and stored not in {e.get("path") for e in data.get("trained", [])}:
+        data.setdefault("trained", []).append({"path": stored})
+    _write_registry(data)
+    return stored
 
 
 @dataclass(frozen=True)
@@ -73,12 +102,13 @@ class ModelIdentity:
     default_min_confidence: float
     sampling_rate: int | None = None  # where the files say it: a Ray driver then never loads the model
     multi_label: bool = False  # sigmoid outputs; the label map scores genres by it (tagger.labels)
-    label_thresholds: dict[str, float] | None = None  # per-genre thresholds a checkpoint carries
+    label_thresholds: dict[str, float] = field(default_factory=dict)  # per-label, chosen when trained
 
 
 def model_identity(name: str) -> ModelIdentity | None:
     """The identity of the model ``name`` read from its files, without torch or transformers; None for
-    models only loading can identify (hub ids, whose snapshot the hub library resolves)."""
+    models only loading can identify (hub ids, whose snapshot the hub library resolves), and for
+    folders that loading would refuse (a head whose backbone changed)."""
     if name.startswith("builtin:"):
         try:
             config, weights = read_builtin(name.removeprefix("builtin:"))
@@ -90,31 +120,89 @@ def model_identity(name: str) -> ModelIdentity | None:
     folder = Path(name).expanduser()
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        id2label = {int(k): v for k, v in config["id2label"].items()}
-        labels = [id2label[i] for i in range(len(id2label))]
-    except (OSError, ValueError, KeyError, AttributeError):
+        labels = config_labels(config)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None  # not a checkpoint folder, or a broken one: loading says which
-    try:
-        extractor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
-        rate = int(extractor["sampling_rate"])
-    except (OSError, ValueError, KeyError, TypeError):
-        rate = None
-    return ModelIdentity(name, weights_fingerprint(folder), labels,
-                         config.get("genretag_min_confidence") or FALLBACK_MIN_CONFIDENCE, rate,
+    if is_head_config(config):
+        if head_backbone_problem(config):
+            return None
+        rate = int(read_builtin(config["backbone"]["model_id"].removeprefix("builtin:"))[0]["sample_rate"])
+    else:
+        try:
+            extractor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+            rate = int(extractor["sampling_rate"])
+        except (OSError, ValueError, KeyError, TypeError):
+            rate = None
+    return ModelIdentity(name, weights_fingerprint(folder), labels, config_min_confidence(config), rate,
                          config.get("problem_type") == "multi_label_classification",
-                         config.get(LABEL_THRESHOLDS_KEY))
+                         config_label_thresholds(config, labels, name))
 
 
-def checked_label_thresholds(model_id: str, thresholds) -> dict[str, float] | None:
-    """A checkpoint's per-genre thresholds (:data:`LABEL_THRESHOLDS_KEY`), or a one-line
-    :class:`ModelError` when they are not genre names mapped to numbers from 0 to 1."""
-    if thresholds is None:
-        return None
-    if not (isinstance(thresholds, dict) and all(
-            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds.values())):
-        raise ModelError(f"model '{model_id}': its per-genre thresholds ({LABEL_THRESHOLDS_KEY}) must map genre "
-                         f"names to numbers from 0 to 1, not {str(thresholds)[:80]}")
-    return {str(genre): float(t) for genre, t in thresholds.items()}
+def config_labels(config: dict) -> list[str]:
+    """The labels of a checkpoint's config.json, in output order (``id2label``)."""
+    id2label = {int(k): v for k, v in config["id2label"].items()}
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def config_min_confidence(config) -> float:
+    """``genretag_min_confidence`` of a checkpoint's config (a dict or a transformers config), chosen when
+    it was trained; checkpoints without one get :data:`FALLBACK_MIN_CONFIDENCE`. 0 is a valid choice."""
+    value = config.get("genretag_min_confidence") if isinstance(config, dict) else getattr(
+        config, "genretag_min_confidence", None)
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else FALLBACK_MIN_CONFIDENCE
+
+
+def config_label_thresholds(config, labels: list[str], model_id: str = "") -> dict[str, float]:
+    """``genretag_label_thresholds`` ({label: threshold}) of a checkpoint's config (a dict or a
+    transformers config), for its own labels; empty when it has none (``default_min_confidence`` then
+    holds for every label). Thresholds that are not numbers from 0 to 1 stop the load with one line
+    (:class:`ModelError`), before anything is predicted or written."""
+    value = config.get(LABEL_THRESHOLDS_KEY) if isinstance(config, dict) else getattr(
+        config, LABEL_THRESHOLDS_KEY, None)
+    if value is None:
+        return {}
+    if not (isinstance(value, dict) and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in value.values())):
+        raise ModelError(f"model '{model_id}': its per-genre thresholds ({LABEL_THRESHOLDS_KEY}) must map "
+                         f"labels to numbers from 0 to 1, not {str(value)[:80]}")
+    return {label: float(t) for label, t in value.items() if label in labels}
+
+
+# -- trained heads ----------------------------------------------------------------------------------------
+HEAD_MODEL_TYPE = "genretag-head"
+"""``model_type`` in the config.json of a head checkpoint (:mod:`tagger.models.head`): a classifier
+trained on the embeddings of a built-in model, which the folder names but does not contain."""
+HEAD_WEIGHTS = "head.safetensors"
+
+
+def is_head_config(config: dict) -> bool:
+    return isinstance(config, dict) and config.get("model_type") == HEAD_MODEL_TYPE
+
+
+def head_backbone_problem(config: dict) -> str | None:
+    """Why the head of ``config`` cannot run on the installed backbone, or None if it can: it was trained
+    on embeddings of that backbone's weights, which the fingerprint names."""
+    try:
+        backbone = config["backbone"]
+        model_id, recorded = str(backbone["model_id"]), str(backbone["fingerprint"])
+    except (KeyError, TypeError):
+        return "config.json names no backbone (model_id and fingerprint)"
+    if not model_id.startswith("builtin:"):
+        return f"its backbone {model_id!r} is not a built-in model"
+    try:
+        installed = builtin_fingerprint(read_builtin(model_id.removeprefix("builtin:"))[1])
+    except ModelError as err:
+        return str(err)
+    if installed != recorded:
+        return (f"it was trained on {model_id} weights {recorded}, but the installed {model_id} has weights "
+                f"{installed}; train it again (genretag train DATA --base-model {model_id})")
+    return None
+
+
+def embedding_space(model_id: str, fingerprint: str, layer: str) -> str:
+    """The name of an embedding space: the model, its weights and the layer, e.g.
+    ``builtin:musicnn-msd@0123456789abcdef/penultimate``. Embeddings compare only within one space."""
+    return f"{model_id}@{fingerprint}/{layer}"
 
 
 def read_builtin(name: str) -> tuple[dict, bytes]:
@@ -135,9 +223,11 @@ def builtin_fingerprint(weights: bytes) -> str:
 
 
 def weights_fingerprint(folder: str | os.PathLike) -> str:
-    """First 16 hex digits of the SHA-256 over the checkpoint's weight files (names and bytes).
+    """First 16 hex digits of the SHA-256 over the checkpoint's weight files (names and bytes), and for a
+    head checkpoint over its backbone's id and weights fingerprint too.
 
-    The index keys predictions by this, so a retrained model in the same folder re-predicts.
+    The index keys predictions by this, so a retrained model in the same folder re-predicts, and so does
+    a head once its backbone changes.
     """
     digest = hashlib.sha256()
     for path in sorted(Path(folder).iterdir()):
@@ -146,6 +236,13 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
             with open(path, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if is_head_config(config):
+        backbone = config.get("backbone") or {}
+        digest.update(f"\0backbone\0{backbone.get('model_id')}@{backbone.get('fingerprint')}".encode())
     return digest.hexdigest()[:16]
 
 

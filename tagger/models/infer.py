@@ -2,9 +2,13 @@
 
 Every model genretag runs, a transformers checkpoint or the built-in musicnn port, offers the same
 small interface (a *classifier*): ``model_id``, ``fingerprint``, ``sampling_rate``, ``labels``,
-``multi_label``, ``default_min_confidence``, ``label_thresholds`` (per-genre, or None),
-``label_map``, ``device`` and
+``multi_label``, ``default_min_confidence``, ``label_thresholds`` (``{label: threshold}`` chosen when the
+model was trained, possibly empty), ``label_map``, ``device`` and
 ``predict(windows, lengths) -> probabilities``. The pipeline knows nothing else about models.
+
+Models that compute embeddings (the built-in musicnn, and heads trained on it, :mod:`tagger.models.head`)
+also offer ``predict_with_embeddings(windows, lengths) -> (probabilities, embeddings)``, and name their
+embeddings with ``embedding_space`` and ``embedding_dim``.
 """
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..settings import ScanSettings
-from .identity import (FALLBACK_MIN_CONFIDENCE, LABEL_THRESHOLDS_KEY, ModelIdentity, checked_label_thresholds,
-                       hub_unreachable, model_identity, refuse_unloadable_name, resolve_model_name,
+from .identity import (ModelIdentity, config_label_thresholds, config_min_confidence, hub_unreachable,
+                       is_head_config, model_identity, refuse_unloadable_name, resolve_model_name,
                        weights_fingerprint)
 
 
@@ -91,10 +95,23 @@ def _load_now(name: str, device: str, precision: str, labels: str | None, level:
     prec = pick_precision(precision, dev)
     if name.startswith("builtin:"):
         classifier = _load_builtin(name.removeprefix("builtin:"), dev, prec)
+    elif _is_head_folder(name):
+        from .head import load_head
+
+        classifier = load_head(name, dev, prec)
     else:
         classifier = HFClassifier.load(name, dev, prec)
     classifier.label_map = default_label_map(name, labels, level)
     return classifier
+
+
+def _is_head_folder(name: str) -> bool:
+    import json
+
+    try:
+        return is_head_config(json.loads((Path(name).expanduser() / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
 
 
 class DeferredClassifier:
@@ -111,7 +128,7 @@ class DeferredClassifier:
         self.labels = identity.labels
         self.default_min_confidence = identity.default_min_confidence
         self.multi_label = identity.multi_label
-        self.label_thresholds = checked_label_thresholds(self.model_id, identity.label_thresholds)
+        self.label_thresholds = dict(identity.label_thresholds)
         if identity.sampling_rate:
             self.sampling_rate = identity.sampling_rate
         self._load = load
@@ -189,9 +206,8 @@ class HFClassifier:
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.multi_label = config.problem_type == "multi_label_classification"
-        self.default_min_confidence = getattr(config, "genretag_min_confidence", None) or (
-            FALLBACK_MIN_CONFIDENCE)
-        self.label_thresholds = checked_label_thresholds(model_id, getattr(config, LABEL_THRESHOLDS_KEY, None))
+        self.default_min_confidence = config_min_confidence(config)
+        self.label_thresholds = config_label_thresholds(config, self.labels, model_id)
         self.label_map = identity_map()
         self.raw_waveform = type(feature_extractor).__name__ == "Wav2Vec2FeatureExtractor" and (
             feature_extractor.feature_size == 1)

@@ -45,7 +45,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from ..errors import ModelError
-from .identity import builtin_fingerprint, read_builtin
+from .identity import builtin_fingerprint, embedding_space, read_builtin
 from ..labels import LabelMap, builtin_label_map
 from .native import banded_max, banded_max_kernel, position_minor, to_vnni
 
@@ -60,6 +60,11 @@ BN_EPS = 1e-3             # tf.compat.v1.layers.batch_normalization's default, n
 CONV_CHANNEL_ALIGN = 16   # front-end filters are padded to a multiple of this (51 -> 64, 204 -> 208)
 
 BUILTIN_MODELS = ("musicnn-msd", "musicnn-mtt")
+EMBEDDING_LAYERS = ("penultimate", "pooled", "pooled+penultimate", "tags")
+"""What :meth:`MusicnnClassifier.predict_with_embeddings` can return per patch: the 200-d penultimate
+layer, the 1506-d pooled features the back end starts from (max and mean over time of every front-
+and mid-end channel), both, or the tag probabilities themselves."""
+DEFAULT_EMBEDDING_LAYER = "penultimate"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PATCHES_PER_FORWARD = {("cpu", "bf16"): 10, ("cpu", "fp32"): 3, "cuda": 128}
 """Patches per network call. On CPU the largest activation (the first timbral conv's output, 4.6 MB per
@@ -321,7 +326,6 @@ class ConvBlock(nn.Module):
 
     def _native_time_banded(self, padded: torch.Tensor, frames: int) -> torch.Tensor:
         """[B, T + k - 1, F] bf16 -> [B * T, C] float32 max over frequency of the sign-flipped conv."""
-        kt = self.conv.kernel_size[0]
         batch, padded_frames, bands = padded.shape
         channels = self.conv.out_channels
         block = min(self.native_band, frames)
@@ -548,6 +552,12 @@ class Musicnn(nn.Module):
         return torch.cat([getattr(self, name).max_over_frequency(x) for name in names], dim=1)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(logmel)[1])
+
+    def features(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, 96] -> (pooled [B, 1506] float32, hidden [B, 200]): the back end's input (max and
+        mean over time of every front- and mid-end channel) and the penultimate layer, which the
+        classifier maps to the tags. Trained heads (:mod:`tagger.models.head`) learn from these."""
         front = self.frontend(logmel)
         m1 = self.mid1(front)
         m2 = self.mid2(m1) + m1
@@ -556,7 +566,7 @@ class Musicnn(nn.Module):
         # than after copying all four into one [B, 753, T] tensor.
         pooled = torch.cat([_max_and_mean_over_time(part) for part in (front, m1, m2, m3)], dim=1)
         hidden = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
-        return self.classifier(hidden)
+        return pooled, hidden
 
 
 def _max_and_mean_over_time(part: torch.Tensor) -> torch.Tensor:
@@ -591,22 +601,40 @@ def ieee_float32(device: torch.device):
 
 
 class MusicnnClassifier:
-    """A loaded musicnn model behind the interface genretag's pipeline calls."""
+    """A loaded musicnn model behind the interface genretag's pipeline calls.
+
+    Besides the tags, it computes embeddings (:meth:`predict_with_embeddings`): per window, the mean
+    over its 3 s patches of one of :data:`EMBEDDING_LAYERS`. ``embedding_space`` names the model, its
+    weights and the layer, so embeddings (and heads trained on them) from different spaces never mix.
+    """
 
     def __init__(self, name: str, model: Musicnn, config: dict, weights: bytes,
-                 device: torch.device, precision: str):
+                 device: torch.device, precision: str, embedding_layer: str = DEFAULT_EMBEDDING_LAYER):
         self.model_id = f"builtin:{name}"
         self.fingerprint = builtin_fingerprint(weights)
         self.sampling_rate = int(config["sample_rate"])
         self.labels = list(config["labels"])
         self.multi_label = bool(config["multi_label"])
         self.default_min_confidence = float(config["default_min_confidence"])
+        self.label_thresholds: dict[str, float] = {}  # one threshold for all tags
         self.label_map: LabelMap = builtin_label_map(name)
         self.device = device
         self.precision = precision
         self.model = model.to(device).eval()
         self.patches_per_forward = PATCHES_PER_FORWARD.get(
             (device.type, precision), PATCHES_PER_FORWARD.get(device.type, 32))
+        self.embedding_layer = check_embedding_layer(embedding_layer)
+
+    @property
+    def embedding_space(self) -> str:
+        """E.g. ``builtin:musicnn-msd@<fingerprint>/penultimate``."""
+        return embedding_space(self.model_id, self.fingerprint, self.embedding_layer)
+
+    @property
+    def embedding_dim(self) -> int:
+        sizes = {"pooled": self.model.dense.in_features, "penultimate": self.model.dense.out_features,
+                 "tags": self.model.classifier.out_features}
+        return sum(sizes[part] for part in self.embedding_layer.split("+"))
 
     def predict_patches(self, logmel_patches: torch.Tensor) -> torch.Tensor:
         """[K, 187, 96] log-mel patches -> [K, n_labels] float32 sigmoid probabilities, on device."""
@@ -616,6 +644,21 @@ class MusicnnClassifier:
             chunks = logmel_patches.to(self.device, torch.float32).split(self.patches_per_forward)
             return torch.cat([torch.sigmoid(self.model(c).float()) for c in chunks])
 
+    def predict_patches_with_embeddings(self, logmel_patches: torch.Tensor, layer: str | None = None
+                                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_patches` plus each patch's ``layer`` features (float32), from the same forward."""
+        layer = check_embedding_layer(layer or self.embedding_layer)
+        dtype = PRECISIONS[self.precision]
+        probs, embeddings = [], []
+        with torch.inference_mode(), ieee_float32(self.device), \
+                torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            for chunk in logmel_patches.to(self.device, torch.float32).split(self.patches_per_forward):
+                pooled, hidden = self.model.features(chunk)
+                probs.append(torch.sigmoid(self.model.classifier(hidden).float()))
+                parts = {"pooled": pooled, "penultimate": hidden, "tags": probs[-1]}
+                embeddings.append(torch.cat([parts[p].float() for p in layer.split("+")], dim=1))
+        return torch.cat(probs), torch.cat(embeddings)
+
     def predict(self, windows: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """[B, N] float32 mono at 16 kHz -> [B, n_labels] float32 probabilities on CPU.
 
@@ -624,23 +667,48 @@ class MusicnnClassifier:
         the network together.
         """
         with torch.inference_mode(), ieee_float32(self.device):
-            audio = windows.to(self.device, torch.float32)
-            if audio.ndim != 2:
-                raise ValueError(f"windows must be [batch, samples], got shape {tuple(audio.shape)}")
-            n = audio.shape[1]
-            if lengths is None:
-                lengths = torch.full((audio.shape[0],), n, device=self.device)
-            lengths = lengths.to(self.device, torch.long).clamp(0, n)
-            # Samples past a track's end must be zeros, as librosa would pad them.
-            if bool((lengths < n).any()):
-                audio = audio * (torch.arange(n, device=self.device)[None, :] < lengths[:, None])
-            audio = F.pad(audio, (0, max(0, MIN_SAMPLES - n)))
-            logmel = log_mel(audio)
-            counts = patch_counts(lengths, logmel.shape[1])
-            probs = self.predict_patches(valid_patches(logmel, counts))
-            owner = torch.repeat_interleave(torch.arange(audio.shape[0], device=self.device), counts)
-            sums = torch.zeros(audio.shape[0], probs.shape[1], device=self.device).index_add_(0, owner, probs)
-            return (sums / counts[:, None]).cpu()
+            patches, counts = self._patches(windows, lengths)
+            return _mean_per_window(self.predict_patches(patches), counts).cpu()
+
+    def predict_with_embeddings(self, windows: torch.Tensor, lengths: torch.Tensor | None = None,
+                                layer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probs [B, n_labels], embeddings [B, D])`` float32 on CPU from one forward pass: the
+        probabilities of :meth:`predict` and, per window, the mean over its patches of the ``layer``
+        (default ``embedding_layer``) features."""
+        with torch.inference_mode(), ieee_float32(self.device):
+            patches, counts = self._patches(windows, lengths)
+            probs, embeddings = self.predict_patches_with_embeddings(patches, layer)
+            return _mean_per_window(probs, counts).cpu(), _mean_per_window(embeddings, counts).cpu()
+
+    def _patches(self, windows: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-mel patches of every window, window-major, and how many each window has."""
+        audio = windows.to(self.device, torch.float32)
+        if audio.ndim != 2:
+            raise ValueError(f"windows must be [batch, samples], got shape {tuple(audio.shape)}")
+        n = audio.shape[1]
+        if lengths is None:
+            lengths = torch.full((audio.shape[0],), n, device=self.device)
+        lengths = lengths.to(self.device, torch.long).clamp(0, n)
+        # Samples past a track's end must be zeros, as librosa would pad them.
+        if bool((lengths < n).any()):
+            audio = audio * (torch.arange(n, device=self.device)[None, :] < lengths[:, None])
+        audio = F.pad(audio, (0, max(0, MIN_SAMPLES - n)))
+        logmel = log_mel(audio)
+        counts = patch_counts(lengths, logmel.shape[1])
+        return valid_patches(logmel, counts), counts
+
+
+def _mean_per_window(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[sum(counts), C] per-patch values, window-major -> [len(counts), C] means per window."""
+    owner = torch.repeat_interleave(torch.arange(counts.shape[0], device=values.device), counts)
+    sums = torch.zeros(counts.shape[0], values.shape[1], device=values.device).index_add_(0, owner, values)
+    return sums / counts[:, None]
+
+
+def check_embedding_layer(layer: str) -> str:
+    if layer not in EMBEDDING_LAYERS:
+        raise ModelError(f"unknown musicnn embedding layer {layer!r}; choose one of {', '.join(EMBEDDING_LAYERS)}")
+    return layer
 
 
 def build_model(config: dict, weights: bytes) -> Musicnn:
@@ -652,7 +720,8 @@ def build_model(config: dict, weights: bytes) -> Musicnn:
     return model
 
 
-def load_builtin(name: str, device: str | torch.device = "cpu", precision: str = "fp32") -> MusicnnClassifier:
+def load_builtin(name: str, device: str | torch.device = "cpu", precision: str = "fp32",
+                 embedding_layer: str = DEFAULT_EMBEDDING_LAYER) -> MusicnnClassifier:
     """Load ``builtin:musicnn-msd`` or ``builtin:musicnn-mtt``.
 
     ``precision`` "bf16" (or "fp16", CUDA only) runs the network under ``torch.autocast``; the
@@ -672,4 +741,4 @@ def load_builtin(name: str, device: str | torch.device = "cpu", precision: str =
         model = build_model(config, weights)
     except (KeyError, RuntimeError, ValueError) as err:
         raise ModelError(f"builtin:{name}: weights do not fit the musicnn architecture ({err})") from None
-    return MusicnnClassifier(name, model, config, weights, device, precision)
+    return MusicnnClassifier(name, model, config, weights, device, precision, embedding_layer)

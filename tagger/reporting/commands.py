@@ -139,11 +139,16 @@ def show(file, db, as_json):
         show_terminal(details)
 
 
-@click.command("models")
+@click.group("models", invoke_without_command=True)
 @click.option("--db", help=DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the models as JSON.")
-def models(db, as_json):
-    """The models the index has seen (with prediction counts) and the checkpoints available to scan with."""
+@click.pass_context
+def models(ctx, db, as_json):
+    """The models the index has seen (with prediction counts) and the checkpoints available to scan with.
+
+    `genretag models use MODEL` chooses the model of later scans."""
+    if ctx.invoked_subcommand is not None:
+        return
     from ..errors import GenretagError
     from ..index import index_errors
     from .report import model_overview
@@ -161,3 +166,18 @@ def models(db, as_json):
         from .render import models_terminal
 
         models_terminal(overview)
+
+
+@models.command("use")
+@click.argument("model")
+def use(model):
+    """Make MODEL (a checkpoint folder, or builtin:musicnn-msd / builtin:musicnn-mtt) the model of later
+    scans. --model and $GENRETAG_MODEL still win."""
+    from ..errors import GenretagError
+    from ..models.identity import use_model
+
+    try:
+        stored = use_model(model)
+    except GenretagError as err:
+        raise _fail(err) from None
+    click.echo(f"later scans use {stored}")
