@@ -94,7 +94,7 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
     if settings.write_tags and (why := separator_problem(settings.separator)):
         raise GenretagError(f"separator {settings.separator!r} cannot join genres: {why}")
     started = time.perf_counter()
-    root = os.path.abspath(root)  # the index and the undo journal key files by absolute path
+    root = os.path.abspath(os.path.expanduser(root))  # the index and the journal key files by absolute path
     classifier = classifier or load_classifier(settings.model, settings.device, settings.precision,
                                                settings.labels, deferred=True, level=settings.level)
     summary = ScanSummary(model_id=classifier.model_id)

@@ -54,7 +54,7 @@ NOT_SCANNED = "skipped-by-discovery"
 GENRETAG = str(Path(sys.executable).with_name("genretag"))
 SUMMARY_RE = re.compile(r"[\d,]+ tracks: (?P<tagged>[\d,]+) tagged, (?P<abstained>[\d,]+) abstained, "
                         r"(?P<failed>[\d,]+) failed\. This run predicted (?P<scanned>[\d,]+) and took "
-                        r"(?P<skipped>[\d,]+) unchanged from the index(?:[^.;]*; wrote (?P<written>[\d,]+) files)?")
+                        r"(?P<skipped>[\d,]+) unchanged from the index(?:[^.;]*; wrote (?P<written>[\d,]+) files?)?")
 
 
 @dataclass(frozen=True)

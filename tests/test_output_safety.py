@@ -49,6 +49,9 @@ SCRIPT_BREAK = "</script><!--<script>alert(1)</script>"
 # which tag formats read as separators.
 LABELS = ["=1+1" + CLEAR, "+cmd\x07" + C1_CSI, "-core" + RLO, "@SUM(1)" + MARKUP]
 MODEL_DIR = f"model{TITLE}{NAME_MARKUP}"
+# Labels that may reach a tag: formula starts and markup, no control character (genres that hold one
+# are never written). A second model with these writes the files.
+WRITTEN_LABELS = ["=2+2", "+cmd", "-core", "@SUM(1)" + MARKUP]  # none equal to a genre in FILES: all written
 SUB = f"sub{TITLE}"
 FILES = {  # relative name -> tags written with mutagen before the scan
     f"clear{CLEAR}.flac": {"artist": f'=HYPERLINK("https://evil.example"){HTML_IMG}', "album": f"album{TITLE}",
@@ -113,6 +116,7 @@ def run_everything(root: Path) -> tuple[Path, Path, Path, Outputs]:
     from tagger.models.identity import register_trained_model
 
     model = make_tiny_wav2vec2(root / MODEL_DIR, genres=LABELS)
+    writer = make_tiny_wav2vec2(root / f"writer{NAME_MARKUP}", genres=WRITTEN_LABELS)
     register_trained_model(model, {"note": f"trained on {TITLE}{MARKUP}", "accuracy": 0.5})
     lib = root / "lib"
     for name, tags in FILES.items():
@@ -131,7 +135,8 @@ def run_everything(root: Path) -> tuple[Path, Path, Path, Outputs]:
     scan = ["scan", lib, "--model", model, "--db", db, "--min-confidence", "0"]
     run("scan --dry-run", *scan, "--dry-run")  # the genres the files hold, and the hostile labels planned
     run("scan --json", *scan, "--dry-run", "--rescan", "--json", stdout_only=True)
-    run("scan --write-tags", *scan, "--write-tags", "--rescan")
+    run("scan --write-tags, hostile labels", *scan, "--write-tags", "--rescan")  # every write refused
+    run("scan --write-tags", "scan", lib, "--model", writer, "--db", db, "--min-confidence", "0", "--write-tags")
     report = ["report", "--db", db]
     run("report", *report, "--review", "20")
     run("report --by artist", *report, "--by", "artist")
@@ -158,9 +163,18 @@ def run_everything(root: Path) -> tuple[Path, Path, Path, Outputs]:
     return lib, db, model, out
 
 
-TERMINAL = ["scan --write-tags", "scan --dry-run", "report", "report --by artist", "report --by folder --folder",
+TERMINAL = ["scan --write-tags", "scan --write-tags, hostile labels", "scan --dry-run", "report", "report --by artist", "report --by folder --folder",
             "models", "undo", "history", "show a missing file"] + [f"show {n!r}" for n in sorted(FILES) + [BROKEN]]
 JSON = ["report --json", "models --json", "history --json"] + [f"show --json {n!r}" for n in sorted(FILES)]
+
+
+def test_genres_holding_control_characters_are_never_written(hostile):
+    lib, _, _, out = hostile
+    code, text = out["scan --write-tags, hostile labels"]
+    assert code == 3 and f"{len(FILES) + 1} failed" in text and "wrote 0 files" in text
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(FILES) + 1
+    assert sum("holds a line break or control character" in line for line in errors) == len(FILES)
 
 
 def test_the_scan_ran_for_real(hostile):
@@ -198,13 +212,13 @@ def test_json_is_the_exact_data(hostile):
     for name, tags in FILES.items():
         track = tracks[str(lib / name)]  # the exact path, tags and labels, escapes decoded
         assert (track["artist"], track["album"]) == (tags["artist"], tags["album"])
-        assert track["genre"] in LABELS
+        assert track["genre"] in WRITTEN_LABELS
     assert report["failed"][0]["path"] == str(lib / BROKEN)
     shown = json.loads(out[f"show --json {sorted(FILES)[0]!r}"][1])
-    assert shown["predictions"][0]["model_id"] == str(model)
-    assert {label for label, _ in shown["predictions"][0]["ranking"]} == set(LABELS)
-    seen = json.loads(out["models --json"][1])["seen"]
-    assert seen[0]["model_id"] == str(model) and seen[0]["labels"] == LABELS
+    (hostile_prediction,) = [p for p in shown["predictions"] if p["model_id"] == str(model)]
+    assert {label for label, _ in hostile_prediction["ranking"]} == set(LABELS)
+    seen = {m["model_id"]: m for m in json.loads(out["models --json"][1])["seen"]}
+    assert seen[str(model)]["labels"] == LABELS
 
 
 def test_markup_prints_as_written_and_escapes_stay_recognisable(hostile):
@@ -212,7 +226,7 @@ def test_markup_prints_as_written_and_escapes_stay_recognisable(hostile):
     scan = out["scan --write-tags"][1]
     error_line = next(line for line in scan.splitlines() if line.startswith("error: "))
     assert escaped(str(lib / BROKEN)) in error_line  # "\x1b[2J[bold red]x ...\u202eevil\u202c" as text
-    assert escaped(str(model)) in scan  # the summary names the model
+    assert escaped(str(model)) in out["scan --write-tags, hostile labels"][1]  # the summary names the model
     dry = out["scan --dry-run"][1]
     for name in FILES:
         assert escaped(str(lib / name)) in dry
@@ -254,7 +268,7 @@ def test_csv_cells_never_start_a_formula(hostile):
     assert {from_csv_cell(r["artist"]) for r in tracks.values()} >= {"+1+1", "-core", "@SUM(1)"}
     clear = tracks[escaped(str(lib / f"clear{CLEAR}.flac"))]
     assert clear["artist"] == "'" + escaped(FILES[f"clear{CLEAR}.flac"]["artist"])
-    assert from_csv_cell(clear["genre"]) in {escaped(label) for label in LABELS}
+    assert from_csv_cell(clear["genre"]) in {escaped(label) for label in WRITTEN_LABELS}
     artists = [from_csv_cell(r["artist"]) for r in csv.DictReader(io.StringIO(out["report --csv --by artist"][1]))]
     assert set(artists) >= {escaped(tags["artist"]) for tags in FILES.values()}
 

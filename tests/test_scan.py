@@ -634,3 +634,17 @@ def test_the_rate_counts_from_the_first_prediction():
     rate.add()
     rate.add()
     assert rate.per_second() == 1.0 and rate.text() == "1.00 tracks/s"
+
+
+def test_renaming_a_checkpoints_labels_predicts_again(library, tmp_path, tiny_wav2vec2):
+    """Same weights, other id2label: the stored rankings name the old labels, so nothing is served."""
+    renamed = Path(shutil.copytree(tiny_wav2vec2, tmp_path / "renamed"))
+    config = json.loads((renamed / "config.json").read_text())
+    config["id2label"] = {k: v.upper() for k, v in config["id2label"].items()}
+    config["label2id"] = {k.upper(): v for k, v in config["label2id"].items()}
+    (renamed / "config.json").write_text(json.dumps(config))
+    first = tag_folder(library, settings(tmp_path, tiny_wav2vec2), keep_results=True)
+    again = tag_folder(library, settings(tmp_path, renamed), keep_results=True)
+    assert (again.predicted, again.from_index) == (TRACKS, 0)
+    before = {r.path: r.labels for r in first.results}
+    assert {r.path: r.labels for r in again.results} == {p: [g.upper() for g in labels] for p, labels in before.items()}

@@ -79,7 +79,7 @@ def test_one_object_per_file_on_every_run(library, tmp_path, tiny_wav2vec2):
     by_path = check_lines(written, library)
     assert {p for p, line in by_path.items() if line["written"]} == tagged
     assert totals(err) == (len(tagged), len(abstained), 1, 0, len(written))  # abstained ones count too
-    assert f"wrote {len(tagged)} files" in err
+    assert f"wrote {len(tagged)} file{'' if len(tagged) == 1 else 's'}" in err
 
     again, err = scan(library, db, tiny_wav2vec2, "--dry-run", "--min-confidence", threshold, code=3)
     check_lines(again, library)

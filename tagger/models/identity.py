@@ -223,11 +223,12 @@ def builtin_fingerprint(weights: bytes) -> str:
 
 
 def weights_fingerprint(folder: str | os.PathLike) -> str:
-    """First 16 hex digits of the SHA-256 over the checkpoint's weight files (names and bytes), and for a
-    head checkpoint over its backbone's id and weights fingerprint too.
+    """First 16 hex digits of the SHA-256 over the checkpoint's weight files (names and bytes), its labels
+    in output order (``id2label``), and for a head checkpoint its backbone's id and weights fingerprint.
 
-    The index keys predictions by this, so a retrained model in the same folder re-predicts, and so does
-    a head once its backbone changes.
+    The index keys predictions by this, so a retrained model in the same folder re-predicts, and so do a
+    checkpoint whose labels were renamed (the stored rankings name the old ones) and a head once its
+    backbone changes.
     """
     digest = hashlib.sha256()
     for path in sorted(Path(folder).iterdir()):
@@ -240,6 +241,10 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = None
+    try:
+        digest.update(("\0labels\0" + json.dumps(config_labels(config))).encode())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass  # no labels to read: loading says what is wrong with the folder
     if is_head_config(config):
         backbone = config.get("backbone") or {}
         digest.update(f"\0backbone\0{backbone.get('model_id')}@{backbone.get('fingerprint')}".encode())

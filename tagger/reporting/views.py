@@ -238,7 +238,7 @@ def summary_line(summary, settings) -> str:
     if summary.relabelled:
         line += f" ({summary.relabelled:,} relabelled under this run's threshold)"
     if settings.write_tags and not settings.dry_run:
-        line += f"; wrote {summary.written:,} files"
+        line += f"; wrote {summary.written:,} file{'' if summary.written == 1 else 's'}"
     elif summary.pending:
         line += (f"; {summary.pending:,} tag changes pending"
                  + (" (dry run: no file was touched)" if settings.dry_run else " (--write-tags makes them)"))

@@ -212,9 +212,12 @@ def _check_args(genres, mode, separator, provenance) -> list[str]:
         raise ValueError(f"separator {separator!r} cannot join genres: {why}")
     if isinstance(genres, str) or not all(isinstance(g, str) for g in genres):
         raise ValueError("genres must be a list of strings")
+    from ..reporting.safe import escape_controls, unsafe_characters
+
     for text in list(genres) + ([provenance] if provenance is not None else []):
-        if not isinstance(text, str) or any(c in text for c in "\0\r\n"):
-            raise ValueError(f"genre/provenance text must be a one-line string without NUL: {text!r}")
+        if not isinstance(text, str) or unsafe_characters(text):
+            raise ValueError(f"genre {escape_controls(str(text))!r} holds a line break or control character "
+                             "(a model label or a label map's name?), which no tag should carry; not written")
     return clean_genres(genres)
 
 
