@@ -61,6 +61,36 @@ def _make_track(track: tuple) -> None:
     os.replace(partial, path)  # an interrupted run leaves no half-written track behind
 
 
+
+def drop_from_page_cache(paths) -> None:
+    """Write the files back and drop their pages from the page cache, so that the next reader reads them
+    from the disk as a first scan of a library does: tracks just generated, or just read by another
+    contender, would otherwise come from memory. (Hard links share one file's pages, which is why the
+    benches scan distinct files.)"""
+    for path in {os.path.realpath(p) for p in paths}:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def page_cache_share(paths) -> float:
+    """The share of the files' bytes that the page cache holds now, 0.0 to 1.0 (util-linux's ``fincore``),
+    or NaN where that cannot be told; the benches print it to show that a scan read its files from disk."""
+    import shutil
+    import subprocess
+
+    unique = sorted({os.path.realpath(p) for p in paths})
+    if not unique or not shutil.which("fincore"):
+        return float("nan")
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES,SIZE", *unique],
+                         capture_output=True, text=True)
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip()]
+    size = sum(int(row[1]) for row in rows)
+    return sum(int(row[0]) for row in rows) / size if out.returncode == 0 and size else float("nan")
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
