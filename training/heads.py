@@ -132,7 +132,7 @@ def _fit_head(embeddings, labels, groups, seed, standardize, cs, nested, selecti
     nested = len(first) <= NESTED_MAX if nested is None else nested
     # Nesting needs two clips of every genre in each fold's training part to cross-validate again.
     nested = nested and all((targets[train] > 0).sum(axis=0).min() >= 2 for train, _ in folds)
-    table, logits_by_c = _cv_path(x, targets, folds, cs, standardize)
+    table, logits_by_c = _cv_path(x, targets, folds, cs, standardize, selection)
     best = _best_c(table, selection)
     if nested:
         logits, inner_cs = _nested_logits(x, targets, first, folds, groups, seed, cs, standardize, selection)
@@ -215,24 +215,37 @@ def _fit_rows(model, x: np.ndarray, targets: np.ndarray):
     return model.fit(x[rows], genres, sample_weight=None if np.all(weights == 1) else weights)
 
 
-def _cv_path(x, targets, folds, cs, standardize) -> tuple[list[dict], list[np.ndarray]]:
-    """Per C: mean held-out accuracy and log loss over ``folds``, and the out-of-fold logits. Each fold
-    fits the Cs in increasing order, each fit starting from the previous solution (``warm_start``)."""
+def _cv_path(x, targets, folds, cs, standardize, selection: str = SELECTION
+             ) -> tuple[list[dict], list[np.ndarray]]:
+    """Per C, in increasing order: mean held-out accuracy and log loss over ``folds``, and the
+    out-of-fold logits. Each fold's model starts each C from its solution for the previous one
+    (``warm_start``). Choosing by log loss, the path stops :data:`PATH_PATIENCE` Cs past the best so far:
+    the held-out log loss rises steadily past its best C, and the weakest regularisations cost the most
+    solver iterations (with clips of several genres, four times as many)."""
     n_labels = targets.shape[1]
-    logits = [np.zeros((len(targets), n_labels)) for _ in cs]
+    prepared = []
     for train, test in folds:
-        scaler, model = _scaler(x[train], standardize), _model(warm_start=True)
-        xtr, xte = scaler(x[train]), scaler(x[test])
-        for i, c in enumerate(cs):
+        scaler = _scaler(x[train], standardize)
+        prepared.append((train, test, scaler(x[train]), scaler(x[test]), _model(warm_start=True)))
+    table, logits, best = [], [], 0
+    for i, c in enumerate(cs):
+        held_out = np.zeros((len(targets), n_labels))
+        for train, test, xtr, xte, model in prepared:
             _fit_rows(model.set_params(C=c), xtr, targets[train])
-            logits[i][test] = class_logits(model, xte, n_labels)
-    table = []
-    for i in range(len(cs)):
-        per_fold = [(top_right(logits[i][test], targets[test]).mean(),
-                     log_loss(softmax(logits[i][test]), targets[test])) for _, test in folds]
+            held_out[test] = class_logits(model, xte, n_labels)
+        per_fold = [(top_right(held_out[test], targets[test]).mean(),
+                     log_loss(softmax(held_out[test]), targets[test])) for _, test in folds]
         table.append({"accuracy": float(np.mean([a for a, _ in per_fold])),
                       "log_loss": float(np.mean([loss for _, loss in per_fold]))})
+        logits.append(held_out)
+        best = _best_c(table, selection)
+        if selection == "log_loss" and i - best >= PATH_PATIENCE:
+            break
     return table, logits
+
+
+PATH_PATIENCE = 2
+"""Cs tried past the one with the best held-out log loss before the path stops."""
 
 
 def _best_c(table: list[dict], selection: str) -> int:
@@ -253,7 +266,7 @@ def _nested_logits(x, targets, first, folds, groups, seed, cs, standardize, sele
     for train, test in folds:
         inner_groups = None if groups is None else np.asarray(groups)[train]
         inner, _ = cv_folds(first[train], inner_groups, seed, present=targets[train] > 0)
-        table, _ = _cv_path(x[train], targets[train], inner, cs, standardize)
+        table, _ = _cv_path(x[train], targets[train], inner, cs, standardize, selection)
         c = cs[_best_c(table, selection)]
         chosen.append(c)
         scaler = _scaler(x[train], standardize)
@@ -488,24 +501,8 @@ def train_head(data: DataSettings, settings, report: Callable[[str], None] = pri
         embedded = embeddings_for(dataset.train + dataset.valid + dataset.test, backbone, settings.max_windows,
                                   index=index, on_error=report)
     dataset = dataset.without(set(embedded.unreadable))
-    rows = {e.path: i for i, e in enumerate(embedded.examples)}
-    fit_examples = dataset.train + dataset.valid
-    x_fit = embedded.embeddings[[rows[e.path] for e in fit_examples]]
-    fit = fit_head(x_fit, [e.all_genres for e in fit_examples], cv_groups(fit_examples, dataset.source),
-                   seed=data.seed)
-    report(cv_line(fit, dataset))
-    results = {"cv": cv_metrics(fit, fit_examples, dataset)}
-    test, _ = known_genres_only(dataset.test, set(fit.labels))
-    if test:
-        results["test"] = scored_metrics(fit, embedded.embeddings[[rows[e.path] for e in test]], test,
-                                         dataset.split_name("test"))
-    shipped, fitted_on = fit, fitted_parts(dataset, ("train", "valid"), data, len(fit_examples))
-    if settings.refit_all and test:
-        every = fit_examples + test
-        shipped = refit(fit, embedded.embeddings[[rows[e.path] for e in every]], [e.all_genres for e in every])
-        fitted_on = fitted_parts(dataset, ("train", "valid", "test"), data, len(every))
-        report(f"the head written is fitted on all {len(every)} labelled clips (train+valid+test) with that C, "
-               "temperature and threshold; the accuracies are of heads fitted without the clips they score")
+    made = fit_measure_refit(dataset, embedded, data.seed, settings.refit_all, report)
+    fit, shipped, results, fitted_on = made.fit, made.shipped, made.results, made.fitted_on
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"
     try:
         staging.mkdir()
@@ -539,6 +536,42 @@ def train_head(data: DataSettings, settings, report: Callable[[str], None] = pri
     return TrainResult(output, dataset, results, time.perf_counter() - started, hardware, command)
 
 
+@dataclass
+class MadeHead:
+    """What :func:`fit_measure_refit` made: the head measured, the head to write, the figures."""
+
+    fit: HeadFit  # fitted on train+valid: what the figures measure
+    shipped: HeadFit  # the head written: ``fit`` refitted on every labelled clip, or ``fit`` itself
+    results: dict  # {"cv": metrics, "test": metrics}
+    fitted_on: dict  # fitted_parts() of ``shipped``
+
+
+def fit_measure_refit(dataset: Dataset, embedded: Embedded, seed: int, refit_all: bool,
+                      report: Callable[[str], None] = lambda line: None) -> MadeHead:
+    """Everything after the embeddings, and nothing that decodes: fit on train+valid (nested CV, C,
+    temperature and thresholds chosen there), score the test part with that head, then (``refit_all``)
+    fit the head written again on every labelled clip with what was chosen. ``embedded`` holds the
+    embeddings of (at least) every clip of ``dataset``."""
+    rows = {e.path: i for i, e in enumerate(embedded.examples)}
+    fit_examples = dataset.train + dataset.valid
+    x_fit = embedded.embeddings[[rows[e.path] for e in fit_examples]]
+    fit = fit_head(x_fit, [e.all_genres for e in fit_examples], cv_groups(fit_examples, dataset.source), seed=seed)
+    report(cv_line(fit, dataset))
+    results = {"cv": cv_metrics(fit, fit_examples, dataset)}
+    test, _ = known_genres_only(dataset.test, set(fit.labels))
+    if test:
+        results["test"] = scored_metrics(fit, embedded.embeddings[[rows[e.path] for e in test]], test,
+                                         dataset.split_name("test"))
+    shipped, fitted_on = fit, fitted_parts(dataset, ("train", "valid"), seed, len(fit_examples))
+    if refit_all and test:
+        every = fit_examples + test
+        shipped = refit(fit, embedded.embeddings[[rows[e.path] for e in every]], [e.all_genres for e in every])
+        fitted_on = fitted_parts(dataset, ("train", "valid", "test"), seed, len(every))
+        report(f"the head written is fitted on all {len(every)} labelled clips (train+valid+test) with that C, "
+               "temperature and threshold; the accuracies are of heads fitted without the clips they score")
+    return MadeHead(fit, shipped, results, fitted_on)
+
+
 MEASURED = {
     "cv": "out-of-fold predictions of the train+valid clips: nested cross-validation (C chosen again inside "
           "each fold), folds keeping groups (artists) together where possible",
@@ -548,11 +581,11 @@ MEASURED = {
 """What each figure of a head's metrics.json measured, whatever the head written was fitted on."""
 
 
-def fitted_parts(dataset: Dataset, parts: tuple[str, ...], data: DataSettings, clips: int) -> dict:
+def fitted_parts(dataset: Dataset, parts: tuple[str, ...], seed: int, clips: int) -> dict:
     """Which clips the written head's weights were fitted on: ``genretag evaluate`` on one of these parts
     of the same data and split says that its figure is not held out."""
     return {"parts": list(parts), "clips": clips, "source": dataset.source, "root": dataset.root,
-            "split": dataset.split, "seed": data.seed}
+            "split": dataset.split, "seed": seed}
 
 
 @contextmanager
