@@ -1,26 +1,30 @@
 """Learn the user's genres offline, in minutes on a CPU: a classification head on the built-in musicnn
 model's embeddings (``genretag train DATA --base-model builtin:musicnn-msd``).
 
-1. **Embed**: every clip goes through the tagger's own decoder and window plan (what ``scan`` analyses);
-   the built-in model gives each window an embedding (the mean over its 3 s patches of the layer
-   :data:`EMBEDDING_LAYER`), and a clip's embedding is the mean over its windows. One forward pass
-   per window; nothing is fine-tuned.
-2. **Fit** (:func:`fit_head`, which takes an embedding matrix, so embeddings stored in an index can be
-   refitted without decoding): a multinomial logistic regression (scikit-learn) on standardised,
-   float16-rounded embeddings. Its regularisation C is chosen by stratified k-fold cross-validation on
-   the training clips, with folds that keep groups together (GTZAN: runs of neighbouring clip numbers,
-   often one artist; elsewhere: the clip's folder, often an album, where every genre has enough of
-   them). The cross-validated accuracy is *nested* (C chosen again inside each fold) up to
-   :data:`NESTED_MAX` clips, so it is not flattered by the choice of C. The final head is fitted on
-   all training clips.
-3. **Calibrate**: one temperature fitted on the out-of-fold logits and folded into the weights, where
-   it improves the log loss of out-of-fold predictions it was not fitted on; the thresholds
-   (:mod:`training.calibration`) come from the out-of-fold probabilities.
+1. **Embed** (:func:`embeddings_for`, the one place a head's clips get their embeddings): every clip
+   goes through the tagger's own decoder and window plan (what ``scan`` analyses); the built-in model
+   gives each window an embedding (the mean over its 3 s patches of the layer :data:`EMBEDDING_LAYER`),
+   and a clip's embedding is the mean over its windows. Where the index stores a track's embedding
+   (:func:`stored_embeddings_for`, the hook), it is used instead of decoding.
+2. **Measure** (:func:`fit_measure_refit`, which needs no audio): :func:`fit_head` fits a multinomial
+   logistic regression (scikit-learn) on the standardised, float16-rounded embeddings of the train and
+   valid parts. Its regularisation C is chosen by stratified k-fold cross-validation, with folds that
+   keep groups together (the user's library: artists; GTZAN: runs of neighbouring clip numbers, often
+   one artist; elsewhere: the clip's folder, where every genre has enough of them). The
+   cross-validated accuracy is *nested* (C chosen again inside each fold) up to :data:`NESTED_MAX`
+   clips, so it is not flattered by the choice of C. A track with k genres is k examples of weight 1/k,
+   and a prediction is right when it is any of them. A temperature is fitted on the out-of-fold logits
+   and folded into the weights where it improves the log loss of predictions it was not fitted on; the
+   thresholds (:mod:`training.calibration`) come from the out-of-fold probabilities. The test part is
+   scored from its embeddings by this head, fitted without it.
+3. **Refit** (:func:`refit`, ``--refit-all``, the default): the head written is fitted again on every
+   labelled clip, the test part included, with the C, temperature and thresholds chosen in step 2: with
+   5 clips per genre it learns from 5, not 4. metrics.json, the model card and ``genretag evaluate``
+   say which clips the figures measured and which the head was fitted on.
 4. **Write** a checkpoint folder (:mod:`tagger.models.head`) atomically, with the usual metrics, report,
-   confusion matrix and model card, and evaluate the test part through :class:`tagger.pipeline.Tagger`.
+   confusion matrix and model card.
 
-Training clips are the train and valid parts of the split together: cross-validation does the
-validation part's job, and small data (5-50 clips per genre) is the normal case.
+Small data (5-50 clips per genre) is the normal case: cross-validation does the validation part's job.
 """
 from __future__ import annotations
 

@@ -164,8 +164,7 @@ def head_card(results: dict, data: dict, info: dict) -> str:
         f"A {head['kind']} on the {head['embedding_dim']}-d embeddings `{head['embedding_space']}`, trained "
         f"on the {data['source']} dataset at `{data['root']}` ({data['split']} split: {counts['train']} train "
         f"+ {counts['valid']} valid clips to choose and measure it on, {counts['test']} test clips).",
-        *_fitted_on_lines(info),
-        f"Genres: {', '.join(data['labels'])}.", "",
+        f"Genres: {', '.join(data['labels'])}.", *_fitted_on_lines(info), "",
         "Use it: `genretag scan --model <this folder> MUSIC_DIR`; make it the default with "
         "`genretag models use <this folder>`. It needs the built-in model it names (checked by fingerprint).",
         "", "## Results", "",
