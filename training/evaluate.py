@@ -107,6 +107,7 @@ def fitted_on_note(checkpoint, dataset: Dataset, data: DataSettings, parts: Sequ
         return None
     if not (same and seen):
         return None
-    return (f"note: this head was fitted on the {' and '.join(seen)} part{'s' if len(seen) > 1 else ''} of this "
+    named = seen[0] if len(seen) == 1 else f"{', '.join(seen[:-1])} and {seen[-1]}"
+    return (f"note: this head was fitted on the {named} part{'s' if len(seen) > 1 else ''} of this "
             f"split ({'+'.join(fitted['parts'])}, --refit-all): the accuracy below is not held out; the held-out "
             "figures are in its metrics.json")

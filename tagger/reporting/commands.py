@@ -52,7 +52,8 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--folder", "folders", multiple=True, type=click.Path(file_okay=False),
               help="Only tracks under this folder (repeatable: under any of them).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
-              help="Only tracks whose top score is at least this (failed and unpredicted ones drop out).")
+              help="Only tracks whose top score is at least this (failed and unpredicted ones drop out); "
+                   "with --disputed, also the threshold every genre is judged by.")
 @click.option("--since", help="Only tracks predicted since: an ISO date or date-time (2024-05-01, "
                               "2024-05-01T18:30) or an age (90s, 30m, 12h, 7d, 2w).")
 @click.option("--by", type=click.Choice(GROUPINGS), default="genre", show_default=True,
