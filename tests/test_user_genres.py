@@ -15,7 +15,7 @@ from tagger.index import Index, path_key
 from tagger.tagging import tags
 from tagger.tagging.journal import Journal
 from tagger.tagging.user_genres import (BEFORE_GENRETAG, EDITED, TAGS, Write, indexed_user_genres,
-                                        user_genres)
+                                        user_genres, with_writes)
 from tests.audio_fixtures import ffmpeg_available, make_audio
 from tests.index_rows import rows
 from tests.models import make_tiny_wav2vec2
@@ -194,3 +194,16 @@ def w(seq: int, old: list[str], new: list[str], state: str = "written") -> Write
 def test_the_rule(held, writes, expected):
     got = user_genres(held, writes)
     assert (got.genres, got.origin) == expected and got.file_genres == tuple(held)
+
+
+def test_tracks_and_writes_are_merged_in_sqlites_order_of_path_keys():
+    """with_writes merges two queries ordered by SQLite; Python must compare the keys the same way."""
+    keys = ["/m/Z", "/m/a", "/m/a b", "/m/a/b", "/m/\\xff", "/m/é", "/m/日本", "/m/😀", "/m/ａ"]
+    conn = sqlite3.connect(":memory:")
+    conn.execute("create table t (path text)")
+    conn.executemany("insert into t values (?)", [(k,) for k in keys])
+    assert [r[0] for r in conn.execute("select path from t order by path")] == sorted(keys)
+    writes = [(k, w(1, ["Jazz"], [k])) for k in sorted(keys)[1::2]]
+    merged = list(with_writes([(k,) for k in sorted(keys)], writes))
+    assert [(row[0], [x.new_genres for x in mine]) for row, mine in merged] == [
+        (k, [(k,)] if i % 2 else []) for i, k in enumerate(sorted(keys))]

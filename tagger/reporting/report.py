@@ -333,32 +333,32 @@ def disputed_tracks(conn, min_confidence: float | None = None) -> tuple[list[dic
     the model's label map ("Rock" does not dispute "Indie Rock"), and scores at least that genre's
     threshold: ``min_confidence`` if given, else the model's own for that genre, else its default
     (:func:`model_thresholds`). Genres compare case-insensitively."""
-    from ..tagging.user_genres import genre_list, standing_writes, user_genres
+    from ..tagging.user_genres import genre_list, standing_writes, user_genres, with_writes
 
-    candidates = _rows(conn, """
-        select t.path, t.artist, t.album, t.genres as file_genres, r.status, p.model_id, p.fingerprint,
-               json_extract(p.ranking, '$[0][0]') as genre, json_extract(p.ranking, '$[0][1]') as score
+    candidates = conn.execute("""
+        select t.path, t.artist, t.album, t.genres, r.status, p.model_id, p.fingerprint,
+               json_extract(p.ranking, '$[0][0]'), json_extract(p.ranking, '$[0][1]')
         from report_tracks r join tracks t on t.rowid = r.trow join predictions p on p.rowid = r.prow
-        where r.status in ('ok', 'abstained') and t.genres is not null and t.genres != '[]'""")
+        where r.status in ('ok', 'abstained') and t.genres is not null and t.genres != '[]' order by t.path""")
     writes = standing_writes(conn, join="join tracks t on t.path = w.path join report_tracks r on r.trow = t.rowid")
     rules: dict[str, DisputeRule] = {}
     disputed = []
-    for row in candidates:
-        if row["genre"] is None or row["score"] is None:
+    for row, mine in with_writes(candidates, writes):
+        path, artist, album, file_genres, status, model_id, fingerprint, genre, score = row
+        if genre is None or score is None:
             continue
-        user = user_genres(genre_list(row["file_genres"]), writes.get(row["path"], ()))
+        user = user_genres(genre_list(file_genres), mine)
         if not user.genres:
             continue
-        rule = rules.get(row["fingerprint"])
+        rule = rules.get(fingerprint)
         if rule is None:
-            rule = rules[row["fingerprint"]] = dispute_rule(row["model_id"], min_confidence)
-        threshold = rule.threshold(row["genre"])
-        if row["score"] >= threshold and not rule.agrees(row["genre"], user.genres):
-            disputed.append({"path": row["path"], "artist": row["artist"], "album": row["album"],
-                             "user_genres": list(user.genres), "origin": user.origin,
-                             "file_genres": list(user.file_genres), "genre": row["genre"], "score": row["score"],
-                             "threshold": threshold, "status": row["status"], "model_id": row["model_id"],
-                             "fingerprint": row["fingerprint"]})
+            rule = rules[fingerprint] = dispute_rule(model_id, min_confidence)
+        threshold = rule.threshold(genre)
+        if score >= threshold and not rule.agrees(genre, user.genres):
+            disputed.append({"path": path, "artist": artist, "album": album, "user_genres": list(user.genres),
+                             "origin": user.origin, "file_genres": list(user.file_genres), "genre": genre,
+                             "score": score, "threshold": threshold, "status": status, "model_id": model_id,
+                             "fingerprint": fingerprint})
     disputed.sort(key=lambda d: (-d["score"], d["path"]))
     models = [{"fingerprint": fp, "model_id": rule.model_id, "min_confidence": rule.default,
                "label_thresholds": rule.per_genre, "thresholds_from": rule.source} for fp, rule in rules.items()]

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 TAGS, BEFORE_GENRETAG, EDITED = "tags", "before-genretag", "edited"
@@ -109,22 +109,33 @@ def genre_list(text: str | None) -> tuple[str, ...]:
 
 
 def standing_writes(conn: sqlite3.Connection, join: str = "", where: str = "", args: Sequence = ()
-                    ) -> dict[str, list[Write]]:
-    """The standing (and possibly standing) writes of the index, by path key, oldest first, in one query.
-    ``join``/``where``/``args`` narrow it (``tag_writes`` is ``w``): e.g. the tracks of one report."""
+                    ) -> Iterator[tuple[str, Write]]:
+    """``(path key, write)`` for the standing (and possibly standing) writes of the index, ordered by path
+    and then by ``seq``, read as they are consumed. ``join``/``where``/``args`` narrow them (``tag_writes``
+    is ``w``): e.g. to the tracks of one report."""
     sql = (f"select w.path, w.seq, w.state, w.old_genres, w.new_genres from tag_writes w {join} "
            f"where w.state in ({', '.join('?' * len(STANDING))}){f' and ({where})' if where else ''} "
            "order by w.path, w.seq")
-    found: dict[str, list[Write]] = {}
     for path, seq, state, old, new in conn.execute(sql, [*STANDING, *args]):
-        found.setdefault(path, []).append(Write(seq if seq is not None else 0, state, genre_list(old),
-                                                genre_list(new)))
-    return found
+        yield path, Write(seq if seq is not None else 0, state, genre_list(old), genre_list(new))
 
 
-def has_journal(conn: sqlite3.Connection) -> bool:
-    return conn.execute("select 1 from sqlite_master where type = 'table' and name = 'tag_writes'").fetchone() \
-        is not None
+def with_writes(rows: Iterable[Sequence], writes: Iterable[tuple[str, Write]]) -> Iterator[tuple[Sequence, list[Write]]]:
+    """Each of ``rows`` (their first item a path key, in SQLite's order of path keys) with its writes
+    (:func:`standing_writes`, in the same order): a merge of two ordered queries, so a library of
+    millions of tracks is never held in memory. Path keys are valid UTF-8, whose byte order (SQLite's)
+    is Python's order of the text."""
+    writes = iter(writes)
+    pending = next(writes, None)
+    for row in rows:
+        key = row[0]
+        while pending is not None and pending[0] < key:
+            pending = next(writes, None)
+        mine = []
+        while pending is not None and pending[0] == key:
+            mine.append(pending[1])
+            pending = next(writes, None)
+        yield row, mine
 
 
 @dataclass(frozen=True)
@@ -138,11 +149,10 @@ class IndexedTrack:
     user: UserGenres
 
 
-def indexed_user_genres(conn: sqlite3.Connection) -> list[IndexedTrack]:
-    """Every track whose tags a scan read (``tracks.genres`` not NULL), with its user genres: two
-    queries, whatever the size of the index."""
-    writes = standing_writes(conn) if has_journal(conn) else {}
+def indexed_user_genres(conn: sqlite3.Connection) -> Iterator[IndexedTrack]:
+    """Every track whose tags a scan read (``tracks.genres`` not NULL), with its user genres, in path
+    order: two ordered queries read side by side, whatever the size of the index."""
     rows = conn.execute("select path, raw_path, genres, artist, album from tracks where genres is not null "
                         "order by path")
-    return [IndexedTrack(key, raw, artist, album, user_genres(genre_list(genres), writes.get(key, ())))
-            for key, raw, genres, artist, album in rows]
+    for (key, raw, genres, artist, album), writes in with_writes(rows, standing_writes(conn)):
+        yield IndexedTrack(key, raw, artist, album, user_genres(genre_list(genres), writes))
