@@ -35,7 +35,9 @@ the same options sees exactly the clips ``genretag train`` held out:
 * ``random``: stratified by label, 80/10/10 with at least one clip of each genre in each part, seeded.
   The default for the other sources.
 
-Every genre needs ``MIN_PER_GENRE`` clips, so no part is ever empty. Nothing here imports torch.
+Every genre needs ``MIN_PER_GENRE`` clips, so no part of a by-clip split is ever empty; the artist split
+of a library whose genres all have fewer than three artists would leave valid and test empty, and is
+refused with the reason. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -278,24 +280,23 @@ def index_pairs(library: Path, db: str | None
         raise DataError(f"no index at {db_path}; run `genretag scan {library}` first so the genres in "
                         "your files' tags are read into it")
     prefix = os.path.join(os.path.abspath(library), "")
-    with index_errors(db_path), Index(db_path, create=False) as index:
-        tracks = indexed_user_genres(index.db.conn)
     pairs, groups, seen = [], {}, Counter()
-    for track in tracks:
-        path = os.path.abspath(os.fsdecode(track.raw_path) if track.raw_path else track.key)  # a scan given
-        if not path.startswith(prefix):  # a relative folder stores it so
-            continue
-        user = track.user
-        seen["genretag"] += user.genretag_wrote_them
-        seen["genretag_only"] += user.genretag_wrote_them and not user.genres
-        seen["edited"] += user.origin == EDITED and bool(user.genres)
-        if not user.genres:
-            continue
-        if not os.path.isfile(path):
-            seen["gone"] += 1
-            continue
-        pairs.append((path, list(user.genres)))
-        groups[path] = track_group(track.artist, track.album, path)
+    with index_errors(db_path), Index(db_path, create=False) as index:
+        for track in indexed_user_genres(index.db.conn):  # read as it goes: keep the index open
+            path = os.path.abspath(os.fsdecode(track.raw_path) if track.raw_path else track.key)  # a scan
+            if not path.startswith(prefix):  # given a relative folder stores it so
+                continue
+            user = track.user
+            seen["genretag"] += user.genretag_wrote_them
+            seen["genretag_only"] += user.genretag_wrote_them and not user.genres
+            seen["edited"] += user.origin == EDITED and bool(user.genres)
+            if not user.genres:
+                continue
+            if not os.path.isfile(path):
+                seen["gone"] += 1
+                continue
+            pairs.append((path, list(user.genres)))
+            groups[path] = track_group(track.artist, track.album, path)
     notes = _user_genre_notes(seen)
     if not pairs:
         raise DataError(f"the index {db_path} has no tracks with genres of your own under {library}"
