@@ -4,6 +4,7 @@ Tagger, `models use` and the Ray engine. Real GTZAN clips from ../shared/gtzan-d
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from tagger.tagging.tags import read_genres
 from training.calibration import choose_thresholds, expected_calibration_error
 from training.cli import evaluate, train
 from training.data import DataSettings, Example, load_dataset
-from training.heads import cv_folds, cv_groups, embed_examples, fit_head
+from training.heads import cv_folds, cv_groups, embed_examples, fit_head, refit
 from tests.shared_data import GTZAN_DEV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +98,13 @@ def held_out_library(tmp_path_factory) -> dict[str, str]:
 def test_train_writes_a_complete_checkpoint_that_is_not_the_default(trained_head, synthetic_gtzan):
     output, result = trained_head
     out = result.output
+    metrics = json.loads((output / "metrics.json").read_text())["training"]
+    assert metrics["fitted_on"]["parts"] == ["train", "valid", "test"] and metrics["fitted_on"]["clips"] == 4 * 8
+    assert metrics["head"]["fitted_clips"] == 32 and metrics["head"]["cv"]["clips"] == 28
+    assert set(metrics["measured"]) == {"cv", "test"}
+    assert json.loads((output / "config.json").read_text())["head"]["fitted_on"] == metrics["fitted_on"]
+    assert "fitted on all 32 labelled clips (train+valid+test)" in out
+    assert "**The head written was fitted on all 32 labelled clips**" in (output / "README.md").read_text()
     assert "grouped split" in out and "clips per genre: blues 6/1/1, disco 7/1/1" in out  # before training
     assert "skipped " + str(synthetic_gtzan / "genres" / "disco" / "disco.00000.wav") + ": " in out
     metrics = json.loads((output / "metrics.json").read_text())
@@ -166,6 +174,12 @@ def test_scan_tagger_and_evaluate_use_the_head_like_any_model(trained_head, held
     out = CliRunner().invoke(evaluate, [str(output), str(synthetic_gtzan)], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     assert f"gtzan grouped/test: {test['count']} clips, accuracy {test['accuracy']:.3f}" in out.output
+    # the head written was refitted on the test clips too (--refit-all, the default): evaluate says so
+    assert out.output.count("note: this head was fitted on the test part of this split") == 1
+    valid = CliRunner().invoke(evaluate, [str(output), str(synthetic_gtzan), "--part", "valid"])
+    assert "note: this head was fitted on the valid part" in valid.output
+    other = CliRunner().invoke(evaluate, [str(output), str(synthetic_gtzan), "--split", "random"])
+    assert other.exit_code == 0 and "this head was fitted" not in other.output  # another split: no claim
     scan = CliRunner().invoke(cli, ["scan", str(library), "--model", str(output), "--db", str(tmp_path / "cli.db")],
                               catch_exceptions=False)
     assert scan.exit_code == 0, scan.output
@@ -254,6 +268,42 @@ def test_fit_head_learns_from_an_embedding_matrix_and_predicts_unseen_ones():
     assert sparse.cv["folds"] == 2 and not sparse.cv["nested"] and sparse.weight.shape == (5, 200)
 
 
+def test_a_track_with_several_genres_counts_once_and_is_right_with_any_of_them():
+    """Clips of genre pairs lie between the two clusters: each genre is an example of weight 1/2, and a
+    top-1 prediction of either is right. A genre that is never a clip's first is learned too."""
+    x, y = clusters(10, 50, 3, seed=1, spread=1.5)
+    names = ["a", "b", "c"]
+    labels = [names[i] for i in y]
+    mixed = (x[y == 0][:6] + x[y == 2][:6]) / 2  # between a and c; "c" is never a mixed clip's first
+    fit = fit_head(np.vstack([x, mixed]), labels + [("a", "c")] * 6, seed=0)
+    assert fit.labels == names and fit.cv["clips"] == 36 and fit.cv["clips_with_several_genres"] == 6
+    assert fit.oof_true.shape == (36, 3) and np.allclose(fit.oof_true.sum(axis=1), 1)
+    np.testing.assert_array_equal(fit.oof_true[-1], [0.5, 0, 0.5])
+    top = fit.oof_probs[-6:].argmax(axis=1)
+    assert set(top) <= {0, 2}  # between a and c, never b
+    right = fit.oof_probs.argmax(axis=1) == np.append(y, top)  # the mixed clips are right whatever of a/c
+    assert fit.cv["accuracy"] == pytest.approx(np.mean(right), abs=0.1)
+    probs = fit.scores(mixed)
+    assert (probs[:, [0, 2]].sum(axis=1) > 0.8).all()  # both of their genres share the score
+    with pytest.raises(Exception, match="at least 2 genres"):
+        fit_head(x[:4], ["a"] * 4)
+
+
+def test_refit_keeps_what_was_chosen_and_learns_from_every_clip():
+    x, y = clusters(6, 40, 3, seed=2, spread=1.5)
+    labels = [f"g{i}" for i in y]
+    held = np.array([i % 6 == 5 for i in range(len(y))])  # one clip per genre: the test part
+    fit = fit_head(x[~held], [labels[i] for i in np.flatnonzero(~held)])
+    full = refit(fit, x, labels)
+    assert (full.C, full.temperature, full.thresholds, full.cv, full.labels) == (
+        fit.C, fit.temperature, fit.thresholds, fit.cv, fit.labels)
+    assert (fit.fitted_clips, full.fitted_clips) == (15, 18) and not np.allclose(full.weight, fit.weight)
+    again = fit_head(x, labels, cs=[fit.C])  # a fit on all of them with the same C: the same weights
+    np.testing.assert_allclose(full.weight, again.weight * again.temperature / fit.temperature, atol=1e-4)
+    with pytest.raises(Exception, match="every genre of the head needs clips"):
+        refit(fit, x[y < 2], [labels[i] for i in np.flatnonzero(y < 2)])
+
+
 def test_folds_keep_groups_together_and_train_on_every_genre():
     y = np.repeat(np.arange(4), 10)
     groups = np.tile(np.arange(10) // 2, 4)  # pairs of neighbouring clip numbers
@@ -333,6 +383,93 @@ def test_the_ray_engine_loads_the_head_in_its_actors(trained_head, held_out_libr
         ray.shutdown()
     assert summary.failed == 0
     assert {r.path: r.labels for r in summary.results} == {p: [g] for p, g in held_out_library.items()}
+
+
+# -- the user's library ------------------------------------------------------------------------------------
+LIBRARY_STYLES = {"Ambient": "ambientish", "Electro": "pulse", "Swing": "swingish"}
+"""The owner's genres (none of them the tiny model's blues/jazz/metal/pop) -> the demo style played."""
+
+
+def own_tags(path: Path, genres: list[str], artist: str | None, album: str | None) -> None:
+    import mutagen
+
+    audio = mutagen.File(path, easy=True)
+    for key, value in (("genre", genres), ("artist", artist), ("album", album)):
+        if value:
+            audio[key] = value
+        elif key in audio:
+            del audio[key]
+    audio.save()
+
+
+@pytest.fixture(scope="module")
+def scanned_library(tmp_path_factory, tiny_wav2vec2):
+    """Four artists per genre, two tracks each (an album per artist; Electro 3 tagged Electro and
+    Ambient), three untagged tracks; then `scan --write-tags` with a tiny model over all of them, so
+    every file holds genretag's genres; then the owner re-tags one untagged track Ambient and a scan
+    reads it."""
+    root = tmp_path_factory.mktemp("owned")
+    library, db = root / "music", root / "index.db"
+    for g, (genre, style) in enumerate(LIBRARY_STYLES.items()):
+        for a in range(4):
+            for t in range(2):
+                path = library / f"{genre} {a}" / f"{t}.{('mp3', 'flac')[t]}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                encode(synth(style, 8.0, seed=100 * g + 10 * a + t, sample_rate=RATE), path, sample_rate=RATE)
+                genres = [genre, "Ambient"] if (genre, a) == ("Electro", 3) else [genre]
+                own_tags(path, genres, f"{genre} Artist {a}", f"Album {a}")
+    for t, style in enumerate(LIBRARY_STYLES.values()):
+        path = library / "unsorted" / f"{t}.mp3"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encode(synth(style, 8.0, seed=900 + t, sample_rate=RATE), path, sample_rate=RATE)
+    written = tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(db), write_tags=True,
+                                               min_confidence=0.0))
+    assert written.written == 27
+    own_tags(library / "unsorted" / "0.mp3", ["Ambient"], None, None)
+    tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(db)))
+    return library, db
+
+
+def test_train_from_index_learns_the_owners_genres_by_artist(scanned_library, tmp_path):
+    library, db = scanned_library
+    output = tmp_path / "mine"
+    result = CliRunner().invoke(train, [str(library), "--from-index", "--db", str(db), "--base-model",
+                                        "builtin:musicnn-msd", "--output", str(output)], catch_exceptions=False)
+    out = result.output
+    assert result.exit_code == 0, out
+    # said before training: the split, its counts and the artists per part
+    said = out.index("embedding every clip")
+    assert 0 <= out.index("index dataset at") < said and 0 <= out.index("clips per genre:") < said
+    said = re.search(r"artist split: (\d+) train / (\d+) valid / (\d+) test clips, 3 genres; (\d+) / (\d+) / (\d+) "
+                     r"artists \(train/valid/test; an artist's tracks are in one part only\)", out)
+    assert said, out
+    assert "26 tracks hold genres genretag wrote" in out and "(2 had none and are left out)" in out
+    assert "1 tracks were given other genres after genretag wrote" in out
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["dataset"]["labels"] == sorted(LIBRARY_STYLES)  # never blues/jazz/metal/pop
+    assert metrics["splits"]["cv"]["split"] == "index artist/train+valid, " + f"{metrics['splits']['cv']['folds']}-fold CV"
+    assert metrics["splits"]["cv"]["grouped"] and metrics["splits"]["cv"]["accuracy"] >= 0.8
+    assert metrics["splits"]["test"]["split"] == "index artist/test"
+    assert metrics["training"]["fitted_on"]["parts"] == ["train", "valid", "test"]
+
+    dataset = load_dataset(DataSettings(data=str(library), from_index=True, db=str(db)))
+    artists = {part: {e.group for e in items} for part, items in dataset.parts().items()}
+    assert not (artists["train"] & artists["valid"] or artists["train"] & artists["test"]
+                or artists["valid"] & artists["test"])
+    parts = ("train", "valid", "test")
+    assert [int(n) for n in said.groups()] == [len(dataset.parts()[p]) for p in parts] + [len(artists[p]) for p in parts]
+    assert all(genre in {g for e in dataset.test for g in e.all_genres} for genre in LIBRARY_STYLES)
+    every = {Path(e.path).relative_to(library).as_posix(): e for part in dataset.parts().values() for e in part}
+    assert "unsorted/1.mp3" not in every and "unsorted/2.mp3" not in every  # genretag's genres only
+    assert every["unsorted/0.mp3"].all_genres == ("Ambient",)  # the owner's edit
+    assert every["Electro 3/0.mp3"].all_genres == ("Electro", "Ambient")
+    assert all(read_genres(library / name)[0] not in LIBRARY_STYLES for name in every if "unsorted" not in name)
+
+    evaluated = CliRunner().invoke(evaluate, [str(output), str(library), "--from-index", "--db", str(db)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "note: this head was fitted on the test part of this split" in evaluated.output
+    assert f"index artist/test: {len(dataset.test)} clips" in evaluated.output
 
 
 # -- without the training extras ---------------------------------------------------------------------------

@@ -13,15 +13,16 @@ import pytest
 from click.testing import CliRunner
 
 from tagger import ScanSettings, tag_folder
+from tagger.cli import cli
 from tagger.demo import encode, write_wav
 from tagger.models.identity import model_identity, resolve_model_name
 from tagger.models.infer import load_classifier
-from tagger.tagging.tags import read_genres, write_genres
+from tagger.tagging.tags import read_genres
 from training.cli import evaluate, train
 from training.data import DataError, DataSettings, Example, load_dataset, random_split
 from training.train import Augment, ClipStore, CropCollator, TrainSettings, freeze_encoder
 from training.train import train as run_training
-from tests.models import make_tiny_whisper
+from tests.models import GENRES as GENRES_OF_TINY_MODEL, make_tiny_whisper
 
 GENRES = ["blues", "classical", "metal", "pop"]
 CLIPS_PER_GENRE = 16
@@ -358,48 +359,97 @@ def test_a_partial_gtzan_copy_gets_the_grouped_split_and_says_so(tmp_path, clips
 
 
 # -- --from-index ----------------------------------------------------------------------------------------
+def tag(path: Path, genres: list[str], artist: str | None = None) -> None:
+    """The owner's tags, set with mutagen (not by genretag)."""
+    import mutagen
+
+    audio = mutagen.File(path, easy=True)
+    if genres:
+        audio["genre"] = genres
+    if artist:
+        audio["artist"] = artist
+    audio.save()
+
+
+LIBRARY_PLAN = ([(["Hip Hop"], "metal", f"MC {i}") for i in range(3)] + [(["hip-hop"], "metal", "MC 3")]
+                + [(["Rock", "Pop"], "pop", f"Band {i}") for i in range(4)]
+                + [(["Jazz"], "blues", "Trio")] * 2 + [([], "classical", "Quartet")])
+"""(genres, sound, artist): four artists of hip-hop, four of rock-and-pop, one jazz trio (two tracks:
+too rare) and an untagged track."""
+
+
 @pytest.fixture
 def tagged_library(tmp_path, tiny_wav2vec2) -> tuple[Path, Path]:
-    """A library whose files carry genre tags (mutagen), scanned into an index so tracks.genres is filled."""
+    """A library whose files carry genre and artist tags, scanned into an index (tracks.genres filled)."""
     library, db = tmp_path / "music", tmp_path / "index.db"
-    plan = [(["Hip Hop"], "metal")] * 3 + [(["hip-hop"], "metal")] + [(["Rock", "Pop"], "pop")] * 4 + \
-           [(["Jazz"], "blues")] * 2 + [([], "classical")]
-    for i, (genres, sound) in enumerate(plan):
+    for i, (genres, sound, artist) in enumerate(LIBRARY_PLAN):
         path = library / f"album{i % 2}" / f"{i:02d}.{('mp3', 'flac')[i % 2]}"
         path.parent.mkdir(parents=True, exist_ok=True)
         encode(synth_clip(sound, 2.0, i), path, sample_rate=SOURCE_RATE)
-        if genres:
-            write_genres(path, genres)
+        tag(path, genres, artist)
     tag_folder(library, ScanSettings(model=str(tiny_wav2vec2), db=str(db)))
     return library, db
 
 
-def test_from_index_labels_tracks_with_the_genres_in_their_tags(tagged_library, tmp_path):
+def test_from_index_labels_tracks_with_every_genre_in_their_tags_and_splits_by_artist(tagged_library, tmp_path):
     library, db = tagged_library
     (tmp_path / "map.toml").write_text('[genres]\n"Hip Hop" = "Hip-Hop"\n')
     ds = load_dataset(DataSettings(data=str(library), from_index=True, db=str(db),
                                    genre_map=str(tmp_path / "map.toml")))
-    assert (ds.source, ds.split, ds.labels) == ("index", "random", ["Hip-Hop", "Rock"])  # first genre wins
-    labelled = {Path(e.path).name: e.label for part in ds.parts().values() for e in part}
-    assert len(labelled) == 8 and set(labelled.values()) == {"Hip-Hop", "Rock"}
-    assert any("Jazz (2)" in n for n in ds.notes)
+    assert (ds.source, ds.split, ds.labels) == ("index", "artist", ["Hip-Hop", "Pop", "Rock"])
+    examples = {Path(e.path).name: e for part in ds.parts().values() for e in part}
+    assert len(examples) == 8 and {e.all_genres for e in examples.values()} == {("Hip-Hop",), ("Rock", "Pop")}
+    assert {e.group for e in examples.values()} == {f"artist:mc {i}" for i in range(4)} | {
+        f"artist:band {i}" for i in range(4)}
+    artists = {part: {e.group for e in items} for part, items in ds.parts().items()}
+    assert not (artists["train"] & artists["valid"] or artists["train"] & artists["test"]
+                or artists["valid"] & artists["test"])
+    assert [len(artists[p]) for p in ("train", "valid", "test")] == [4, 2, 2]  # per genre: 2 / 1 / 1 artists
+    assert "artist split: 4 train / 2 valid / 2 test clips, 3 genres; 4 / 2 / 2 artists" in ds.summary()
+    assert ds.genre_counts() == "clips per genre: Hip-Hop 2/1/1, Pop 2/1/1, Rock 2/1/1 (train/valid/test)"
+    assert any("Jazz (2)" in n for n in ds.notes) and any("4 clips have several genres" in n for n in ds.notes)
 
     pop = load_dataset(DataSettings(data=str(library), from_index=True, db=str(db), genres=("Pop", "Hip Hop")))
-    assert pop.labels == ["Hip Hop", "Pop"]  # the whitelist picks Pop from "Rock; Pop"
+    assert pop.labels == ["Hip Hop", "Pop"]  # the whitelist keeps Pop of "Rock; Pop"
+    by_track = load_dataset(DataSettings(data=str(library), from_index=True, db=str(db), split="random"))
+    assert by_track.split == "random"
 
     with pytest.raises(DataError, match="no index at"):
         load_dataset(DataSettings(data=str(library), from_index=True, db=str(tmp_path / "none.db")))
+    with pytest.raises(DataError, match="the artist split needs --from-index"):
+        load_dataset(DataSettings(data=str(library), split="artist"))
+
+
+def test_from_index_never_learns_the_genres_genretag_wrote(tagged_library, tiny_wav2vec2):
+    """After `scan --write-tags` replaced every genre (the tiny model's are blues/jazz/metal/pop), the
+    labels are still the owner's: their genres before the write. The untagged track got one of
+    genretag's genres and stays unlabelled."""
+    library, db = tagged_library
+    before = load_dataset(DataSettings(data=str(library), from_index=True, db=str(db)))
+    out = CliRunner().invoke(cli, ["scan", str(library), "--write-tags", "--model", str(tiny_wav2vec2), "--db",
+                                   str(db), "--min-confidence", "0"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    untagged = library / f"album{(len(LIBRARY_PLAN) - 1) % 2}" / f"{len(LIBRARY_PLAN) - 1:02d}.mp3"
+    assert read_genres(untagged)[0] in GENRES_OF_TINY_MODEL  # genretag wrote it
+    after = load_dataset(DataSettings(data=str(library), from_index=True, db=str(db)))
+    assert after.labels == before.labels == ["Hip Hop", "Pop", "Rock"]  # hip-hop: one track, too rare
+    assert not set(after.labels) & set(GENRES_OF_TINY_MODEL)
+    assert after.parts() == before.parts()
+    assert any("11 tracks hold genres genretag wrote" in n and "(1 had none and are left out)" in n
+               for n in after.notes), after.notes
 
 
 def test_train_cli_from_index(tagged_library, tiny_wav2vec2, tmp_path):
+    """Fine-tuning from the library: the same labels and artist split as a head."""
     library, db = tagged_library
     output = tmp_path / "from-index"
     out = CliRunner().invoke(train, [str(library), "--from-index", "--db", str(db), "--base-model",
                                      str(tiny_wav2vec2), "--output", str(output), "--max-steps", "2"],
                              catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    assert "(index random/test," in out.stdout
-    assert json.loads((output / "config.json").read_text())["id2label"] == {"0": "Hip Hop", "1": "Rock"}
+    assert "artist split: 3 train / 2 valid / 2 test clips, 3 genres; 3 / 2 / 2 artists" in out.output, out.output
+    assert "(index artist/test," in out.stdout
+    assert json.loads((output / "config.json").read_text())["id2label"] == {"0": "Hip Hop", "1": "Pop", "2": "Rock"}
 
 
 # -- pieces ----------------------------------------------------------------------------------------------

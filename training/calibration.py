@@ -10,6 +10,10 @@ serve is the tagger's: the top genre is written if its score reaches the thresho
 
 i.e. the most tracks tagged for the precision asked. Per genre where at least ``MIN_PER_LABEL`` held-out
 tracks had that genre on top; one global threshold for the others (and as ``genretag_min_confidence``).
+
+The truth (``true``) is either each track's genre index [N], or, for tracks with several genres, a
+target matrix [N, L] whose row holds 1/k at each of the track's k genres (:func:`target_matrix`): a top
+genre is then right when it is any of them, and the log loss weighs each of them 1/k.
 """
 from __future__ import annotations
 
@@ -44,6 +48,22 @@ class Thresholds:
                 "target_reached": self.target_reached, "min_per_label": MIN_PER_LABEL}
 
 
+def target_matrix(genres: list[tuple[str, ...]], labels: list[str]) -> np.ndarray:
+    """[N, L]: 1/k at each of a track's k genres (which must all be in ``labels``)."""
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.zeros((len(genres), len(labels)))
+    for row, names in enumerate(genres):
+        targets[row, [index[g] for g in names]] = 1.0 / len(names)
+    return targets
+
+
+def top_right(probs: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Whether each track's top genre is right: its genre index, or any genre of its target row."""
+    top = np.asarray(probs).argmax(axis=1)
+    true = np.asarray(true)
+    return true[np.arange(len(top)), top] > 0 if true.ndim == 2 else top == true
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     from scipy.special import softmax as scipy_softmax
 
@@ -55,7 +75,7 @@ def expected_calibration_error(probs: np.ndarray, true: np.ndarray, bins: int = 
     ``bins`` equal-width confidence bins weighted by their share of the tracks."""
     probs = np.asarray(probs)
     confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(true)
+    correct = top_right(probs, true)
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     gap = 0.0
     for b in range(bins):
@@ -70,19 +90,25 @@ def ece_of_calibrated(probs: np.ndarray, draws: int = 500, seed: int = 0) -> tup
     would show on this many tracks (each top genre right with exactly its probability): on a few dozen
     tracks sampling alone gives an ECE of 0.1, so a measured ECE is only evidence against calibration
     when it lies above this range."""
-    probs = np.asarray(probs)
-    top = probs.argmax(axis=1)
-    wrong = (top + 1) % probs.shape[1]
-    rng = np.random.default_rng(seed)
-    eces = [expected_calibration_error(probs, np.where(rng.random(len(top)) < probs.max(axis=1), top, wrong))
-            for _ in range(draws)]
+    confidence = np.asarray(probs).max(axis=1)
+    right = np.random.default_rng(seed).random((draws, len(confidence))) < confidence  # one draw per row
+    which = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+    eces = np.zeros(draws)
+    for b in range(ECE_BINS):  # expected_calibration_error of every draw at once
+        members = which == b
+        if members.any():
+            eces += members.mean() * np.abs(right[:, members].mean(axis=1) - confidence[members].mean())
     low, high = np.percentile(eces, [5, 95])
     return float(low), float(high)
 
 
 def log_loss(probs: np.ndarray, true: np.ndarray) -> float:
-    picked = np.asarray(probs)[np.arange(len(true)), np.asarray(true)]
-    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+    """Mean cross-entropy; with a target matrix, each of a track's k genres weighs 1/k."""
+    logs = np.log(np.clip(np.asarray(probs), 1e-12, 1.0))
+    true = np.asarray(true)
+    if true.ndim == 2:
+        return float(-(true * logs).sum(axis=1).mean())
+    return float(-logs[np.arange(len(true)), true].mean())
 
 
 def fit_temperature(logits: np.ndarray, true: np.ndarray) -> float:
@@ -100,7 +126,7 @@ def choose_thresholds(probs: np.ndarray, true: np.ndarray, labels: list[str],
     """Thresholds from held-out probabilities ``[N, L]`` and true label indices (see the module docstring)."""
     probs, true = np.asarray(probs, dtype=np.float64), np.asarray(true)
     top, score = probs.argmax(axis=1), probs.max(axis=1)
-    correct = top == true
+    correct = top_right(probs, true)
     global_t, precision, coverage, reached = _threshold(score, correct, target)
     per_label = {}
     for i, label in enumerate(labels):

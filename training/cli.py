@@ -106,6 +106,7 @@ def _data_settings(data: str, options: dict) -> DataSettings:
 @_option(TrainSettings, "cache_gb", type=click.FloatRange(min=0))
 @_option(TrainSettings, "workers", type=click.IntRange(min=0))
 @_option(TrainSettings, "make_default", is_flag=True)
+@_option(TrainSettings, "refit_all", is_flag=True)
 def train(data, **options):
     """Train a genre classifier on labelled clips in DATA.
 

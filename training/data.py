@@ -8,10 +8,12 @@ Four sources, one result (a :class:`Dataset` of ``(path, label)`` examples):
   in ``training/splits/`` (see its README). GTZAN's random splits leak artists and replicated excerpts
   between train and test and overstate accuracy by ten points or more.
 * **A class-per-folder dataset** ``<root>/<label>/**/*.{wav,mp3,flac,...}`` for any taxonomy.
-* **The user's own library** (``from_index``): the labels are the genres already in the files' tags,
-  as ``genretag scan`` read them into the index. A track with several genres is labelled with the
-  first one (in tag order) that survives the genre map and the whitelist: training here is
-  single-label, and the first genre is the one taggers and users put first.
+* **The user's own library** (``from_index``): the labels are the genres the *user* gave each track
+  (:mod:`tagger.tagging.user_genres`): the genres in its tags as ``genretag scan`` read them, except
+  where those are genretag's own writes, which are replaced by what the file held before genretag
+  wrote (possibly nothing: the track is then left out). A track keeps every genre that survives the
+  genre map and the whitelist (``Example.genres``, in tag order; the first is ``Example.label``), and
+  its group (``Example.group``): its artist tag, else its album, else its folder.
 * **A Hugging Face hub dataset id** (needs network and the ``datasets`` package): its clips are
   written once as WAV files under the genretag data dir and then read like a class-per-folder dataset.
 
@@ -25,20 +27,26 @@ the same options sees exactly the clips ``genretag train`` held out:
   each, train first, then valid, then test. GTZAN's neighbouring excerpts often come from one artist
   or album, so contiguous runs keep most of an artist's clips in one part, which a random split would
   scatter. The filtered lists would leave such a copy with empty parts or genres without training clips.
+* ``artist``: for the user's library, the default there: each artist's tracks (its group, see above)
+  all go to one part, so no accuracy is measured on an artist the model was trained on. Per genre (a
+  group counted under its most common first genre), its groups in a seeded hash order are cut 80/10/10,
+  at least one group in valid and in test where the genre has three or more; a genre with fewer
+  trains on all of its tracks, unmeasured (a note says which).
 * ``random``: stratified by label, 80/10/10 with at least one clip of each genre in each part, seeded.
-  The default for every other source.
+  The default for the other sources.
 
-Every genre needs ``MIN_PER_GENRE`` clips, so no part is ever empty. Nothing here imports torch.
+Every genre needs ``MIN_PER_GENRE`` clips, so no part of a by-clip split is ever empty; the artist split
+of a library whose genres all have fewer than three artists would leave valid and test empty, and is
+refused with the reason. Nothing here imports torch.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -51,7 +59,10 @@ MIN_PER_GENRE = 3
 FILTERED_COVERAGE = 0.9
 """A GTZAN copy gets the filtered split by default only if it holds this share of the clips the filtered
 lists name; a smaller copy gets the grouped split."""
-SPLITS = ("filtered", "grouped", "random")
+SPLITS = ("filtered", "grouped", "random", "artist")
+MIN_GROUPS_HELD_OUT = 3
+"""Artists (groups) a genre needs before the artist split holds any of them out: one each to train,
+validate and test on."""
 
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 GTZAN_FILE = re.compile(r"\A(?P<genre>[a-z]+)\.(?P<number>\d{5})\.(?:wav|au)\Z")
@@ -73,11 +84,13 @@ class DataSettings:
     data: str = _opt("", "GTZAN folder, class-per-folder dataset, music library (--from-index) or hub id.")
     split: str | None = _opt(None, "filtered (GTZAN's fault-filtered artist-conscious split; the default "
                                    "for a complete GTZAN), grouped (GTZAN clip-number runs per genre, 80/10/10; "
-                                   "the default for partial GTZAN copies) or random (stratified 80/10/10; "
-                                   "the default elsewhere).")
+                                   "the default for partial GTZAN copies), artist (each artist's tracks in one "
+                                   "part, 80/10/10 of the artists per genre; the default with --from-index) or "
+                                   "random (stratified 80/10/10 by track; the default elsewhere).")
     seed: int = _opt(0, "Seed of the random split, the crops, the augmentation and the new head.")
-    from_index: bool = _opt(False, "DATA is your library: learn the genres already in its tags, as read "
-                                   "into the index by `genretag scan`.")
+    from_index: bool = _opt(False, "DATA is your library: learn the genres you gave its tracks, as "
+                                   "`genretag scan` read them into the index (never the ones genretag wrote: "
+                                   "those tracks count with the genres they had before).")
     db: str | None = _opt(None, "Index to read with --from-index (default: $GENRETAG_DB or "
                                 "~/.local/share/genretag/index.db).")
     min_per_genre: int = _opt(MIN_PER_GENRE, f"Drop genres with fewer clips than this (at least {MIN_PER_GENRE}: "
@@ -89,8 +102,22 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class Example:
+    """A labelled clip: ``label`` is its first genre, ``genres`` all of them (a library track may have
+    several), ``group`` what keeps it with its neighbours (the artist of a library track)."""
+
     path: str
     label: str
+    genres: tuple[str, ...] = ()
+    group: str | None = None
+
+    @property
+    def all_genres(self) -> tuple[str, ...]:
+        return self.genres or (self.label,)
+
+    def counted_truth(self, predicted: str) -> str:
+        """The true genre a top-1 ``predicted`` genre is scored against: the prediction itself when it is
+        any of the clip's genres (right), else its first genre (wrong)."""
+        return predicted if predicted in self.all_genres else self.label
 
 
 @dataclass
@@ -115,11 +142,17 @@ class Dataset:
 
     def summary(self) -> str:
         counts = " / ".join(f"{len(v)} {k}" for k, v in self.parts().items())
-        return f"{self.source} dataset at {self.root}, {self.split} split: {counts} clips, {len(self.labels)} genres"
+        line = f"{self.source} dataset at {self.root}, {self.split} split: {counts} clips, {len(self.labels)} genres"
+        if any(e.group for part in self.parts().values() for e in part):
+            groups = " / ".join(str(len({e.group for e in v})) for v in self.parts().values())
+            line += f"; {groups} artists (train/valid/test; an artist's tracks are in one part only)" \
+                if self.split == "artist" else f"; {groups} artists (train/valid/test)"
+        return line
 
     def genre_counts(self) -> str:
-        """Clips per genre and part, one line: ``blues 3/1/1, classical 3/1/1 (train/valid/test)``."""
-        counts = {part: Counter(e.label for e in examples) for part, examples in self.parts().items()}
+        """Clips per genre and part, one line: ``blues 3/1/1, classical 3/1/1 (train/valid/test)``. A clip
+        with several genres counts under each."""
+        counts = {part: Counter(g for e in examples for g in e.all_genres) for part, examples in self.parts().items()}
         per_genre = [f"{g} {'/'.join(str(counts[p][g]) for p in PARTS)}" for g in self.labels]
         return f"clips per genre: {', '.join(per_genre)} ({'/'.join(PARTS)})"
 
@@ -134,9 +167,11 @@ def load_dataset(settings: DataSettings) -> Dataset:
     if settings.min_per_genre < MIN_PER_GENRE:
         raise DataError(f"--min-per-genre {settings.min_per_genre}: a genre needs at least {MIN_PER_GENRE} "
                         "clips (one each to train, validate and test on)")
-    source, root, pairs, notes = _read_source(settings)
+    source, root, pairs, notes, groups = _read_source(settings)
     examples, label_notes = relabel(pairs, settings)
     notes += label_notes
+    if groups:
+        examples = [replace(e, group=groups.get(e.path)) for e in examples]
     split, why = choose_split(settings.split, source, examples, Path(root))
     if why:
         notes.append(why)
@@ -144,44 +179,60 @@ def load_dataset(settings: DataSettings) -> Dataset:
         parts, split_notes = filtered_split(examples, Path(root))
     elif split == "grouped":
         parts, split_notes = grouped_split(examples)
+    elif split == "artist":
+        parts, split_notes = artist_split(examples, settings.seed)
     else:
         parts, split_notes = random_split(examples, settings.seed)
     notes += split_notes
-    labels = sorted({e.label for e in parts["train"]})
+    labels = sorted({g for e in parts["train"] for g in e.all_genres})
     for part in ("valid", "test"):
-        unseen = sorted({e.label for e in parts[part]} - set(labels))
+        parts[part], unseen = known_genres_only(parts[part], set(labels))
         if unseen:
             notes.append(f"{part}: dropped clips of genres with no training clip: {', '.join(unseen)}")
-            parts[part] = [e for e in parts[part] if e.label in labels]
     if len(labels) < 2:
         raise DataError(f"{root}: need at least 2 genres with training clips, found {len(labels)}"
                         + (" (is the filtered split right for this copy? try --split grouped)"
                            if split == "filtered" else ""))
     if empty := [part for part in PARTS if not parts[part]]:
-        raise DataError(f"{root}: the {split} split leaves no clips in {' and '.join(empty)}"
-                        + (" (this GTZAN copy lacks most of the filtered split; use --split grouped)"
-                           if split == "filtered" else ""))
+        raise DataError(f"{root}: the {split} split leaves no clips in {' and '.join(empty)}" + {
+            "filtered": " (this GTZAN copy lacks most of the filtered split; use --split grouped)",
+            "artist": f" (a genre needs tracks by at least {MIN_GROUPS_HELD_OUT} artists to be held out by "
+                      "artist; --split random splits track by track, letting one artist's tracks sit on both "
+                      "sides, which flatters the accuracy)"}.get(split, ""))
     return Dataset(source, str(root), split, labels, parts["train"], parts["valid"], parts["test"], notes)
 
 
+def known_genres_only(examples: list[Example], known: set[str]) -> tuple[list[Example], list[str]]:
+    """``examples`` with only the genres in ``known`` (a clip left with none is dropped), and the genres
+    taken away."""
+    kept, unseen = [], set()
+    for e in examples:
+        genres = tuple(g for g in e.all_genres if g in known)
+        unseen.update(g for g in e.all_genres if g not in known)
+        if genres:
+            kept.append(e if genres == e.all_genres else replace(e, label=genres[0], genres=genres))
+    return kept, sorted(unseen)
+
+
 # -- sources ---------------------------------------------------------------------------------------------
-def _read_source(settings: DataSettings) -> tuple[str, str, list[tuple[str, list[str]]], list[str]]:
-    """``(source, root, [(path, genres)], notes)``."""
+def _read_source(settings: DataSettings
+                 ) -> tuple[str, str, list[tuple[str, list[str]]], list[str], dict[str, str]]:
+    """``(source, root, [(path, genres)], notes, {path: group})``; groups only for the user's library."""
     data = Path(settings.data).expanduser()
     if settings.from_index:
         if not data.is_dir():
             raise DataError(f"{data}: not a folder (--from-index takes the library folder you scanned)")
-        pairs, notes = index_pairs(data, settings.db)
-        return "index", str(data.resolve()), pairs, notes
+        pairs, notes, groups = index_pairs(data, settings.db)
+        return "index", str(data.resolve()), pairs, notes, groups
     if data.is_dir():
         if gtzan := find_gtzan_root(data):
-            return "gtzan", str(gtzan.resolve()), gtzan_pairs(gtzan), []
-        return "folder", str(data.resolve()), *folder_pairs(data)
+            return "gtzan", str(gtzan.resolve()), gtzan_pairs(gtzan), [], {}
+        return "folder", str(data.resolve()), *folder_pairs(data), {}
     if data.exists():
         raise DataError(f"{data}: not a folder")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", settings.data) and not settings.data.startswith((".", "/", "~")):
         folder = hub_to_folder(settings.data)
-        return "hub", settings.data, *folder_pairs(folder)
+        return "hub", settings.data, *folder_pairs(folder), {}
     raise DataError(f"{data}: no such folder")
 
 
@@ -216,35 +267,63 @@ def folder_pairs(root: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
     return pairs, notes
 
 
-def index_pairs(library: Path, db: str | None) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """Tracks under ``library`` whose tags had genres when ``genretag scan`` last read them."""
+def index_pairs(library: Path, db: str | None
+                ) -> tuple[list[tuple[str, list[str]]], list[str], dict[str, str]]:
+    """Tracks under ``library`` with genres of the user's (:mod:`tagger.tagging.user_genres`: never the
+    ones genretag wrote), their groups (:func:`track_group`) and notes on what the rule changed."""
     from tagger.index import Index, index_errors
     from tagger.settings import default_db_path
+    from tagger.tagging.user_genres import EDITED, indexed_user_genres
 
     db_path = Path(db).expanduser() if db else default_db_path()
     if not db_path.is_file():
         raise DataError(f"no index at {db_path}; run `genretag scan {library}` first so the genres in "
                         "your files' tags are read into it")
     prefix = os.path.join(os.path.abspath(library), "")
+    pairs, groups, seen = [], {}, Counter()
     with index_errors(db_path), Index(db_path, create=False) as index:
-        rows = index.db.execute("select path, raw_path, genres from tracks where genres is not null").fetchall()
-    pairs, gone = [], 0
-    for key, raw, genres in rows:
-        path = os.path.abspath(os.fsdecode(raw) if raw else key)  # a scan given a relative folder stores it so
-        if not path.startswith(prefix):
-            continue
-        genres = json.loads(genres or "[]")
-        if not genres:
-            continue
-        if not os.path.isfile(path):
-            gone += 1
-            continue
-        pairs.append((path, genres))
-    notes = [f"{gone} indexed tracks no longer exist and were left out"] if gone else []
+        for track in indexed_user_genres(index.db.conn):  # read as it goes: keep the index open
+            path = os.path.abspath(os.fsdecode(track.raw_path) if track.raw_path else track.key)  # a scan
+            if not path.startswith(prefix):  # given a relative folder stores it so
+                continue
+            user = track.user
+            seen["genretag"] += user.genretag_wrote_them
+            seen["genretag_only"] += user.genretag_wrote_them and not user.genres
+            seen["edited"] += user.origin == EDITED and bool(user.genres)
+            if not user.genres:
+                continue
+            if not os.path.isfile(path):
+                seen["gone"] += 1
+                continue
+            pairs.append((path, list(user.genres)))
+            groups[path] = track_group(track.artist, track.album, path)
+    notes = _user_genre_notes(seen)
     if not pairs:
-        raise DataError(f"the index {db_path} has no tracks with genres under {library}; "
-                        f"run `genretag scan {library}` first")
-    return sorted(pairs), notes
+        raise DataError(f"the index {db_path} has no tracks with genres of your own under {library}"
+                        + (f" ({seen['genretag_only']} hold only genres genretag wrote)" if seen["genretag_only"]
+                           else "") + f"; tag some, then run `genretag scan {library}`")
+    return sorted(pairs), notes, groups
+
+
+def _user_genre_notes(seen: Counter) -> list[str]:
+    notes = []
+    if seen["genretag"]:
+        notes.append(f"{seen['genretag']} tracks hold genres genretag wrote: they are labelled with the genres "
+                     f"they had before genretag wrote ({seen['genretag_only']} had none and are left out)")
+    if seen["edited"]:
+        notes.append(f"{seen['edited']} tracks were given other genres after genretag wrote: those are their labels")
+    if seen["gone"]:
+        notes.append(f"{seen['gone']} indexed tracks no longer exist and were left out")
+    return notes
+
+
+def track_group(artist: str | None, album: str | None, path: str) -> str:
+    """What keeps a library track with the tracks that sound like it, on one side of a split: its artist
+    tag, else its album tag, else its folder (case and surrounding spaces ignored)."""
+    for kind, value in (("artist", artist), ("album", album)):
+        if value and value.strip():
+            return f"{kind}:{value.strip().casefold()}"
+    return f"folder:{os.path.dirname(path)}"
 
 
 def hub_to_folder(name: str) -> Path:
@@ -303,22 +382,26 @@ def load_genre_map(path: str | os.PathLike) -> dict[str, str]:
 
 
 def relabel(pairs: Iterable[tuple[str, list[str]]], settings: DataSettings) -> tuple[list[Example], list[str]]:
-    """One label per clip: map, whitelist, first surviving genre, then drop genres rarer than
-    ``min_per_genre``. Genre names compare case-insensitively ("rock" and "Rock" are one genre, spelled
-    as the whitelist, the map, or else most often)."""
+    """Each clip's genres mapped and whitelisted (in tag order, each once), then the genres rarer than
+    ``min_per_genre`` clips dropped; a clip left with no genre is left out. Its first genre is its
+    ``label``. Genre names compare case-insensitively ("rock" and "Rock" are one genre, spelled as the
+    whitelist, the map, or else most often)."""
     mapping = {k.casefold(): v for k, v in (load_genre_map(settings.genre_map) if settings.genre_map else {}).items()}
     allowed = {g.casefold(): g for g in settings.genres} if settings.genres else None
-    chosen: list[tuple[str, str]] = []
+    chosen: list[tuple[str, list[str]]] = []
     unlabelled = 0
     for path, genres in pairs:
         names = [mapping.get(g.casefold(), g) for g in genres]
         names = [n for n in names if allowed is None or n.casefold() in allowed]
         if names:
-            chosen.append((path, names[0]))
+            first_spelling: dict[str, str] = {}
+            for name in names:
+                first_spelling.setdefault(name.casefold(), name)
+            chosen.append((path, list(first_spelling.values())))
         else:
             unlabelled += 1
-    spelling = _spellings([name for _, name in chosen], allowed, set(mapping.values()))
-    counts = Counter(spelling[name.casefold()] for _, name in chosen)
+    spelling = _spellings([name for _, names in chosen for name in names], allowed, set(mapping.values()))
+    counts = Counter(spelling[name.casefold()] for _, names in chosen for name in names)
     rare = sorted(g for g, n in counts.items() if n < settings.min_per_genre)
     notes = []
     if unlabelled:
@@ -328,8 +411,14 @@ def relabel(pairs: Iterable[tuple[str, list[str]]], settings: DataSettings) -> t
     if rare:
         notes.append(f"dropped {len(rare)} genres with fewer than {settings.min_per_genre} clips: "
                      + ", ".join(f"{g} ({counts[g]})" for g in rare))
-    examples = [Example(path, spelling[name.casefold()]) for path, name in chosen
-                if spelling[name.casefold()] not in rare]
+    examples = []
+    for path, names in chosen:
+        kept = tuple(spelling[n.casefold()] for n in names if spelling[n.casefold()] not in rare)
+        if kept:
+            examples.append(Example(path, kept[0], kept))
+    if several := sum(len(e.genres) > 1 for e in examples):
+        notes.append(f"{several} clips have several genres: each of a clip's k genres counts 1/k in training, "
+                     "and a prediction is right when it is any of them")
     return examples, notes
 
 
@@ -352,8 +441,11 @@ def choose_split(requested: str | None, source: str, examples: list[Example], ro
     if requested in ("filtered", "grouped") and source != "gtzan":
         raise DataError(f"the {requested} split is defined for GTZAN only; {root} is a {source} dataset "
                         "(use --split random)")
+    if requested == "artist" and source != "index":
+        raise DataError(f"the artist split needs --from-index (the index knows each track's artist); {root} "
+                        f"is a {source} dataset (use --split random)")
     if requested or source != "gtzan":
-        return requested or "random", None
+        return requested or ("artist" if source == "index" else "random"), None
     listed = {_gtzan_key(entry, None) for entries in filtered_split_lists().values() for entry in entries}
     labels = {e.label for e in examples}
     listed = {key for key in listed if key.split("/")[0] in labels}  # the genres kept (--genres)
@@ -450,3 +542,43 @@ def random_split(examples: list[Example], seed: int, fractions=RANDOM_FRACTIONS
         parts["valid"] += items[n_test:n_test + n_valid]
         parts["train"] += items[n_test + n_valid:]
     return {part: sorted(items, key=lambda e: e.path) for part, items in parts.items()}, []
+
+
+def artist_split(examples: list[Example], seed: int, fractions=RANDOM_FRACTIONS
+                 ) -> tuple[dict[str, list[Example]], list[str]]:
+    """Whole groups (artists) to each part, stratified by genre: each group counts under its most common
+    first genre, and each genre's groups, ordered by a seeded hash, are cut 80/10/10 with at least one
+    in valid and one in test when the genre has :data:`MIN_GROUPS_HELD_OUT` or more. A genre with fewer
+    groups trains on all of them: holding out one of its few artists would leave it nothing to learn
+    that artist's sound from, and keeping the artist on both sides would flatter the accuracy."""
+    import hashlib
+
+    def order(group: str) -> str:
+        return hashlib.sha256(f"{seed}\0{group}".encode("utf-8", "surrogateescape")).hexdigest()
+
+    members: dict[str, list[Example]] = {}
+    for e in examples:
+        members.setdefault(e.group or f"clip:{e.path}", []).append(e)
+    by_label: dict[str, list[str]] = {}
+    for group, items in members.items():
+        common = Counter(e.label for e in items)
+        label = min(common, key=lambda g: (-common[g], g))
+        by_label.setdefault(label, []).append(group)
+    parts: dict[str, list[Example]] = {part: [] for part in PARTS}
+    unmeasured = []
+    for label, groups in sorted(by_label.items()):
+        groups = sorted(groups, key=order)
+        n = len(groups)
+        held = n >= MIN_GROUPS_HELD_OUT
+        n_test = max(1, round(n * fractions[2])) if held else 0
+        n_valid = max(1, round(n * fractions[1])) if held else 0
+        if not held:
+            unmeasured.append(f"{label} ({n})")
+        for part, chosen in (("test", groups[:n_test]), ("valid", groups[n_test:n_test + n_valid]),
+                             ("train", groups[n_test + n_valid:])):
+            parts[part] += [e for g in chosen for e in members[g]]
+    notes = []
+    if unmeasured:
+        notes.append(f"{len(unmeasured)} genres have tracks by fewer than {MIN_GROUPS_HELD_OUT} artists and are "
+                     f"trained on, not measured: {', '.join(unmeasured)}")
+    return {part: sorted(items, key=lambda e: e.path) for part, items in parts.items()}, notes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from tagger.errors import FileError, UnreadableFile
 
@@ -22,12 +23,15 @@ def evaluate_parts(checkpoint, dataset: Dataset, parts: Sequence[str] = ("test",
                    scores: dict | None = None) -> dict:
     """``{part: metrics}`` (see :func:`training.metrics.split_metrics`) for the non-empty ``parts``.
 
-    ``scores``, if given, receives ``{part: (labels, true label indices [N], track scores [N, L])}``:
-    what the thresholds are chosen from."""
+    ``scores``, if given, receives ``{part: (labels, targets [N, L], track scores [N, L])}`` (targets:
+    1/k at each of a clip's k genres, :func:`training.calibration.target_matrix`): what the thresholds
+    are chosen from."""
     import numpy as np
 
     from tagger.pipeline import Tagger
 
+    from .calibration import target_matrix
+    from .data import known_genres_only
     from .metrics import split_metrics
 
     report = on_skip or (lambda line: None)
@@ -35,24 +39,23 @@ def evaluate_parts(checkpoint, dataset: Dataset, parts: Sequence[str] = ("test",
     labels = tagger.classifier.labels
     results = {}
     for part in parts:
-        examples = dataset.parts()[part]
-        unknown = sorted({e.label for e in examples} - set(labels))
+        examples, unknown = known_genres_only(dataset.parts()[part], set(labels))
         if unknown:
-            report(f"{part}: {sum(e.label in unknown for e in examples)} clips of genres the model does not "
-                   f"know were left out: {', '.join(unknown)}")
-            examples = [e for e in examples if e.label not in unknown]
+            report(f"{part}: genres the model does not know were left out (and clips with no other): "
+                   f"{', '.join(unknown)}")
         if not examples:
             continue
         scored = classify(tagger, examples, report)
-        results[part] = split_metrics([e.label for e, _ in scored], [r[0][0] for _, r in scored], labels,
-                                      dataset.split_name(part), paths=[e.path for e, _ in scored])
+        predicted = [r[0][0] for _, r in scored]
+        results[part] = split_metrics([e.counted_truth(p) for (e, _), p in zip(scored, predicted)], predicted,
+                                      labels, dataset.split_name(part), paths=[e.path for e, _ in scored])
         if scores is not None and scored:
             index = {label: i for i, label in enumerate(labels)}
             probs = np.zeros((len(scored), len(labels)))
             for row, (_, ranking) in enumerate(scored):
                 for label, score in ranking:
                     probs[row, index[label]] = score
-            scores[part] = (labels, np.array([index[e.label] for e, _ in scored]), probs)
+            scores[part] = (labels, target_matrix([e.all_genres for e, _ in scored], labels), probs)
     return results
 
 
@@ -83,5 +86,28 @@ def evaluate_checkpoint(checkpoint, data: DataSettings, parts: Sequence[str] = (
     dataset = load_dataset(data)
     for note in dataset.notes:
         report(f"note: {note}")
+    if line := fitted_on_note(checkpoint, dataset, data, parts):
+        report(line)
     return dataset, evaluate_parts(checkpoint, dataset, parts, device=device, batch_size=batch_size,
                                    on_skip=report)
+
+
+def fitted_on_note(checkpoint, dataset: Dataset, data: DataSettings, parts: Sequence[str]) -> str | None:
+    """One line when ``checkpoint`` (a head written with ``--refit-all``) was fitted on some of ``parts``
+    of this very split: its accuracy there is not a held-out figure."""
+    import json
+
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+        fitted = config["head"]["fitted_on"]
+        same = (fitted["source"], fitted["root"], fitted["split"], fitted["seed"]) == (
+            dataset.source, dataset.root, dataset.split, data.seed)
+        seen = [part for part in parts if part in fitted["parts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (same and seen):
+        return None
+    named = seen[0] if len(seen) == 1 else f"{', '.join(seen[:-1])} and {seen[-1]}"
+    return (f"note: this head was fitted on the {named} part{'s' if len(seen) > 1 else ''} of this "
+            f"split ({'+'.join(fitted['parts'])}, --refit-all): the accuracy below is not held out; the held-out "
+            "figures are in its metrics.json")

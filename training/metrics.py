@@ -138,6 +138,19 @@ def _calibration_lines(info: dict) -> list[str]:
     return lines
 
 
+def _fitted_on_lines(info: dict) -> list[str]:
+    fitted = info.get("fitted_on")
+    if not fitted:
+        return []
+    if "test" in fitted["parts"]:
+        return ["", f"**The head written was fitted on all {fitted['clips']} labelled clips** "
+                    f"({'+'.join(fitted['parts'])}, `--refit-all`), with the C, temperature and thresholds chosen "
+                    "on train+valid. The figures below are of heads fitted without the clips they score; "
+                    "`genretag evaluate` on the test part of this split scores clips this head was fitted on."]
+    return ["", f"The head written was fitted on the {fitted['clips']} train+valid clips (`--no-refit-all`): the "
+                "test part is held out from it."]
+
+
 def head_card(results: dict, data: dict, info: dict) -> str:
     """README.md of a head checkpoint: what it is, how well it does, and how it was made."""
     headline = results.get("test") or results.get("cv") or {}
@@ -150,15 +163,16 @@ def head_card(results: dict, data: dict, info: dict) -> str:
         f"# Music genre classifier ({len(data['labels'])} genres): a head on {info['base_model']}", "",
         f"A {head['kind']} on the {head['embedding_dim']}-d embeddings `{head['embedding_space']}`, trained "
         f"on the {data['source']} dataset at `{data['root']}` ({data['split']} split: {counts['train']} train "
-        f"+ {counts['valid']} valid clips to train on, {counts['test']} test clips).",
-        f"Genres: {', '.join(data['labels'])}.", "",
+        f"+ {counts['valid']} valid clips to choose and measure it on, {counts['test']} test clips).",
+        f"Genres: {', '.join(data['labels'])}.", *_fitted_on_lines(info), "",
         "Use it: `genretag scan --model <this folder> MUSIC_DIR`; make it the default with "
         "`genretag models use <this folder>`. It needs the built-in model it names (checked by fingerprint).",
         "", "## Results", "",
-        "Cross-validated on the training clips (out-of-fold predictions, "
+        "Cross-validated on the train+valid clips (out-of-fold predictions, "
         f"{'nested: C chosen inside each fold, ' if cv['nested'] else ''}"
-        f"{'folds keep groups of neighbouring clips together' if cv['grouped'] else 'clip by clip'}), "
-        "and on the test part with genretag's own decoding, windows and aggregation; top-1 genre per clip:", "",
+        f"{'folds keep groups (artists, neighbouring clips) together' if cv['grouped'] else 'clip by clip'}), "
+        "and on the test part, scored from its clips' embeddings by the head fitted on train+valid only; top-1 "
+        "genre per clip (a clip with several genres is right when it is any of them):", "",
         "| split | clips | accuracy | macro-F1 |", "|---|---|---|---|", *_result_rows(results), "",
         f"Per genre, {headline.get('split', '-')}:", "",
         "| genre | precision | recall | F1 | clips |", "|---|---|---|---|---|", *_per_class_rows(headline), "",
@@ -166,7 +180,8 @@ def head_card(results: dict, data: dict, info: dict) -> str:
         "## Training", "",
         f"- Command: `{info['command']}`.",
         f"- Hardware: {info['hardware']}; {info['train_seconds']:.0f} s in all (decoding {stages.get('decode_cpu')} "
-        f"s of CPU, embedding {stages.get('embed')} s, fitting {stages.get('fit')} s).",
+        f"s of CPU, embedding {stages.get('embed')} s, fitting {stages.get('fit')} s; "
+        f"{stages.get('embeddings_from_index', 0)} embeddings read from the index).",
         f"- C = {head['C']:.3g} chosen from {len(head['selection'])} values by {cv['folds']}-fold cross-validation "
         f"({'standardised' if head['standardize'] else 'raw'} float16-rounded embeddings, backbone in "
         f"{head['precision']}).",

@@ -68,6 +68,9 @@ class TrainSettings:
     workers: int | None = _opt(None, "Data-loading processes (default: 4 on CUDA, 0 on CPU).")
     make_default: bool = _opt(False, "Make the result the default model of later scans (or later: "
                                      "`genretag models use DIR`).")
+    refit_all: bool = _opt(True, "Heads: once measured (cross-validation, test part), fit the head written on "
+                                 "every labelled clip, the test part included, with the settings chosen; "
+                                 "--no-refit-all writes the head the test part measured.")
 
 
 FINE_TUNING_ONLY = ("epochs", "max_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "batch_size",
@@ -99,6 +102,8 @@ def train(data: DataSettings, settings: TrainSettings, report: Callable[[str], N
 
     if is_head_base(settings.base_model):
         return train_head(data, settings, report)
+    if not settings.refit_all:
+        report("note: --no-refit-all applies to heads only; a fine-tuned checkpoint never trains on its test part")
     started = time.perf_counter()
     output = _check_output(settings.output)
     dataset = load_dataset(data)
@@ -308,7 +313,11 @@ class ClipStore:
 
 
 class ClipDataset:
-    """``{"windows", "label", "train"}`` per clip; the collator does the cropping (it needs the batch)."""
+    """``{"windows", "label", "train"}`` per clip; the collator does the cropping (it needs the batch).
+
+    A training clip with several genres (a library track) is labelled, each time it is drawn, with one
+    of them at random: each of its k genres is its target 1/k of the time, as a head weighs them
+    (:func:`training.heads.fit_head`). Validation clips keep their first genre."""
 
     def __init__(self, store: ClipStore, examples: list[Example], label2id: dict, train: bool):
         self.store, self.examples, self.label2id, self.train = store, examples, label2id, train
@@ -318,7 +327,12 @@ class ClipDataset:
 
     def __getitem__(self, i: int) -> dict:
         e = self.examples[i]
-        return {"windows": self.store.windows(e.path), "label": self.label2id[e.label], "train": self.train}
+        label = e.label
+        if self.train and len(e.all_genres) > 1:
+            import torch
+
+            label = e.all_genres[int(torch.randint(0, len(e.all_genres), ()))]  # the Trainer seeds torch
+        return {"windows": self.store.windows(e.path), "label": self.label2id[label], "train": self.train}
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--folder", "folders", multiple=True, type=click.Path(file_okay=False),
               help="Only tracks under this folder (repeatable: under any of them).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
-              help="Only tracks whose top score is at least this (failed and unpredicted ones drop out).")
+              help="Only tracks whose top score is at least this (failed and unpredicted ones drop out); "
+                   "with --disputed, also the threshold every genre is judged by.")
 @click.option("--since", help="Only tracks predicted since: an ISO date or date-time (2024-05-01, "
                               "2024-05-01T18:30) or an age (90s, 30m, 12h, 7d, 2w).")
 @click.option("--by", type=click.Choice(GROUPINGS), default="genre", show_default=True,
@@ -66,13 +67,18 @@ def _emit(text: str, output: str | None) -> None:
                    "a spreadsheet would run as a formula (starting with = + - @) gets a leading ' "
                    "(\"-core\" is written '-core).")
 @click.option("--tracks", is_flag=True, help="With --csv: one row per track instead; with --json: add them.")
+@click.option("--disputed", is_flag=True,
+              help="Audit your tags: list the tracks whose own genres (never the ones genretag wrote) the model "
+                   "confidently contradicts: its top genre is none of them and scores at least its threshold "
+                   "(the model's, or --min-confidence), most confident first. With --csv: one row per such "
+                   "track; with --json and --html: added.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write --json/--csv here, not to stdout.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report (charts, sortable track table) to this file.")
-def report(path, db, model, folders, min_confidence, since, by, review, as_json, as_csv, tracks, output,
-           html_file):
+def report(path, db, model, folders, min_confidence, since, by, review, as_json, as_csv, tracks, disputed,
+           output, html_file):
     """Genre distribution, statuses, confidence and the tracks to review, for the indexed library (or
-    the part of it under PATH)."""
+    the part of it under PATH). With --disputed, the tracks whose genre tag the model contradicts."""
     from ..errors import GenretagError
     from ..index import index_errors
     from .report import ReportOptions, build_report, parse_since
@@ -81,12 +87,15 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
         raise click.UsageError("choose one of --json, --csv and --html")
     if output and not (as_json or as_csv):
         raise click.UsageError("--output goes with --json or --csv (use --html FILE for HTML)")
+    if as_csv and tracks and disputed:
+        raise click.UsageError("--csv writes the tracks (--tracks) or the disputed ones (--disputed), not both")
     try:
         since_ts = parse_since(since) if since else None
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--since") from None
     options = ReportOptions(path=path, folders=tuple(folders), model=model, min_confidence=min_confidence,
-                            since=since_ts, by=by, review=review, tracks=bool(html_file or tracks))
+                            since=since_ts, by=by, review=review, tracks=bool(html_file or tracks),
+                            disputed=disputed)
     try:
         db_path = _db_path(db)
         with index_errors(db_path):
@@ -102,7 +111,9 @@ def report(path, db, model, folders, min_confidence, since, by, review, as_json,
     elif as_json:
         _emit(render.report_json(result), output)
     elif as_csv:
-        _emit(render.report_csv(result, tracks=tracks), output)
+        _emit(render.report_csv(result, tracks=tracks, disputed=disputed), output)
+    elif disputed:
+        render.disputed_terminal(result)
     else:
         render.report_terminal(result)
 

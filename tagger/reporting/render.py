@@ -29,6 +29,12 @@ STATUS_STYLES = {"ok": "green", "abstained": "yellow", "failed": "red", "unpredi
 GROUP_CSV_COLUMNS = ("key", "tracks", "percent", "ok", "abstained", "failed", "unpredicted",
                      "mean_confidence", "top_genre")
 TRACK_CSV_COLUMNS = ("path", "artist", "album", "status", "genre", "confidence", "model_id")
+DISPUTED_CSV_COLUMNS = ("path", "artist", "album", "user_genres", "origin", "file_genres", "genre", "score",
+                        "threshold", "status", "model_id")
+TERMINAL_DISPUTED = 50
+GENRE_JOIN = "; "
+ORIGINS = {"tags": "in its tags", "before-genretag": "before genretag wrote", "edited": "edited since genretag wrote"}
+"""Where a track's own genres come from (:mod:`tagger.tagging.user_genres`), as the outputs say it."""
 
 
 def _when(stamp: float | None) -> str:
@@ -111,6 +117,48 @@ def report_terminal(report, console: Console | None = None) -> None:
             out.print(f"… and {len(report.failed) - TERMINAL_FAILED:,} more (--json lists all)")
 
 
+def disputed_terminal(report, console: Console | None = None) -> None:
+    """``genretag report --disputed``: the tracks whose own genres the model confidently contradicts,
+    most confident first, and the thresholds that decided it."""
+    out = console or Console(highlight=False)
+    rows = report.disputed or []
+    out.print(Text.assemble(("genretag report --disputed", "bold"), f" — {report.total:,} track(s) in ",
+                            shown(report.db)))
+    if filters := _filters(report.options):
+        out.print(T("filters: " + filters))
+    for m in report.disputed_models or []:
+        out.print(T(f"thresholds of {m['model_id'] or '?'} ({m['fingerprint']}): {_thresholds(m)}"))
+    if not rows:
+        out.print(Text("No track's own genres are confidently contradicted.", style="green"))
+        return
+    table = Table(title=f"Disputed: {len(rows):,} track(s) whose own genres the model contradicts",
+                  title_justify="left")
+    for name in ("score", "model says", "their genres", "path", "model"):
+        table.add_column(name, overflow="fold", justify="right" if name == "score" else "left")
+    for row in rows[:TERMINAL_DISPUTED]:
+        table.add_row(_conf(row["score"]), T(row["genre"], style="bold"), _own_genres(row), T(row["path"]),
+                      T(row["model_id"] or "—"))
+    out.print(table)
+    if len(rows) > TERMINAL_DISPUTED:
+        out.print(f"… and {len(rows) - TERMINAL_DISPUTED:,} more (--json, --csv or --html lists all)")
+
+
+def _thresholds(model: dict) -> str:
+    own = ", ".join(f"{genre} {t:.2f}" for genre, t in sorted(model["label_thresholds"].items()))
+    where = {"model": "the model's", "fallback": "the fallback: the model's files are not here",
+             "--min-confidence": "--min-confidence"}[model["thresholds_from"]]
+    return f"{model['min_confidence']:.2f}{f' (per genre: {own})' if own else ''}, {where}"
+
+
+def _own_genres(row: dict) -> Text:
+    text = T(GENRE_JOIN.join(row["user_genres"]))
+    if row["origin"] != "tags":
+        text.append(f" ({ORIGINS[row['origin']]}; the file holds: ", style="dim")
+        text.append(shown(GENRE_JOIN.join(row["file_genres"]) or "none"), style="dim")
+        text.append(")", style="dim")
+    return text
+
+
 def _models(models: list[dict]) -> str:
     return ", ".join(f"{m['model_id']} ({m['fingerprint']}, {m['tracks']:,})" for m in models)
 
@@ -170,8 +218,9 @@ def report_json(report) -> str:
     return dumps(report.as_json(), indent=2)
 
 
-def report_csv(report, tracks: bool = False) -> str:
-    """One row per group (the distribution), or with ``tracks`` one row per track.
+def report_csv(report, tracks: bool = False, disputed: bool = False) -> str:
+    """One row per group (the distribution), with ``tracks`` one row per track, or with ``disputed``
+    one row per disputed track (genre lists joined with ``"; "``).
 
     Every cell is quoted, text is escaped, and text that a spreadsheet would run as a formula (starting
     with ``=``, ``+``, ``-``, ``@``, tab or CR) starts with a single quote: see
@@ -180,13 +229,21 @@ def report_csv(report, tracks: bool = False) -> str:
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    if tracks:
+    if disputed:
+        writer.writerow(DISPUTED_CSV_COLUMNS)
+        writer.writerows([_csv_value(_joined(d, c)) for c in DISPUTED_CSV_COLUMNS] for d in report.disputed or [])
+    elif tracks:
         writer.writerow(TRACK_CSV_COLUMNS)
         writer.writerows([_csv_value(t.get(c)) for c in TRACK_CSV_COLUMNS] for t in report.tracks or [])
     else:
         writer.writerow([report.by if c == "key" else c for c in GROUP_CSV_COLUMNS])
         writer.writerows([_csv_value(g[c]) for c in GROUP_CSV_COLUMNS] for g in report.groups)
     return buf.getvalue()
+
+
+def _joined(row: dict, column: str):
+    value = row.get(column)
+    return GENRE_JOIN.join(value) if isinstance(value, list) else value
 
 
 def _csv_value(value):
@@ -216,6 +273,13 @@ def report_html(report) -> str:
         review=[{**r, "confidence": _conf(r["confidence"]), "status_name": STATUS_NAMES.get(r["status"], r["status"]),
                  "genre": r["genre"] or "—"} for r in report.review],
         failed=[{"path": r["path"], "error": r["error"] or "—"} for r in report.failed],
+        disputed=None if report.disputed is None else [
+            {**d, "score": _conf(d["score"]), "threshold": _conf(d["threshold"]),
+             "user_genres": GENRE_JOIN.join(d["user_genres"]), "origin": ORIGINS[d["origin"]],
+             "file_genres": GENRE_JOIN.join(d["file_genres"]) or "none", "model_id": d["model_id"] or "—"}
+            for d in report.disputed],
+        disputed_models=[f"{m['model_id'] or '?'} ({m['fingerprint']}): {_thresholds(m)}"
+                         for m in report.disputed_models or []],
         tracks=tracks, max_rows=HTML_TABLE_ROWS)
 
 

@@ -10,6 +10,11 @@ by the model that last scanned the track (``tracks.fingerprint``). Its *genre* i
 top label and its *confidence* the top score of the ranking (abstentions have a confidence too, only
 no label). Each track is in exactly one status: ``ok`` (tagged), ``abstained``, ``failed`` or
 ``unpredicted`` (the chosen model never saw it); *untagged* is everything but ``ok``.
+
+*Disputed* tracks (``--disputed``, :func:`disputed_tracks`): those whose user genres
+(:mod:`tagger.tagging.user_genres`: never the ones genretag wrote) the track's prediction confidently
+contradicts: its top genre is none of them (nor a parent or sub-genre of one, in the model's label map)
+and scores at least that genre's threshold.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class ReportOptions:
     by: str = "genre"  # one of GROUPINGS
     review: int = 10  # least confident tracks listed
     tracks: bool = False  # also return one row per track (HTML table, --tracks)
+    disputed: bool = False  # also list the tracks whose own genres the model contradicts (--disputed)
 
 
 @dataclass
@@ -62,11 +68,14 @@ class Report:
     review: list[dict]  # path, status, genre, confidence, model_id (least confident first)
     failed: list[dict]  # path, error
     tracks: list[dict] | None = None  # path, artist, album, status, genre, confidence, model_id
+    disputed: list[dict] | None = None  # see disputed_tracks; most confident first
+    disputed_models: list[dict] | None = None  # the thresholds each model's disputes were judged by
 
     def as_json(self) -> dict:
         data = asdict(self)
-        if data["tracks"] is None:
-            del data["tracks"]
+        for key in ("tracks", "disputed", "disputed_models"):
+            if data[key] is None:
+                del data[key]
         return data
 
 
@@ -142,6 +151,8 @@ def build_report(db_path: str | os.PathLike, options: ReportOptions = ReportOpti
         fingerprints = resolve_model(conn, options.model) if options.model else None
         _select_tracks(conn, options, fingerprints)
         report = _aggregate(conn, db_path, options)
+        if options.disputed:
+            report.disputed, report.disputed_models = disputed_tracks(conn, options.min_confidence)
         conn.execute("COMMIT")
         return report
     finally:
@@ -282,6 +293,7 @@ def _aggregate(conn, db_path, options: ReportOptions) -> Report:
                       "left join predictions p on p.rowid = r.prow order by t.path")
     opts = asdict(options)
     opts.pop("tracks")
+    opts.pop("disputed")
     return Report(db=str(db_path), generated_at=time.time(), options=opts, total=total, status=status,
                   models=models, by=options.by, groups=groups, confidence=bins, review=review, failed=failed,
                   tracks=tracks)
@@ -308,6 +320,105 @@ def _groups(rows, by: str) -> list[dict]:
         if by == "folder":
             g["key"] = g["key"].rstrip("/") or "/"
     return list(groups.values())
+
+
+# -- disputed tags -------------------------------------------------------------------------------------
+
+def disputed_tracks(conn, min_confidence: float | None = None) -> tuple[list[dict], list[dict]]:
+    """The tracks of the report (``temp.report_tracks``) whose user genres their prediction confidently
+    contradicts, most confident first, and the thresholds each model was judged by.
+
+    A track is disputed when it has user genres and its prediction's top genre (the first of its
+    ranking, whether the scan tagged or abstained) is none of them, nor a parent or sub-genre of one in
+    the model's label map ("Rock" does not dispute "Indie Rock"), and scores at least that genre's
+    threshold: ``min_confidence`` if given, else the model's own for that genre, else its default
+    (:func:`model_thresholds`). Genres compare case-insensitively."""
+    from ..tagging.user_genres import genre_list, standing_writes, user_genres, with_writes
+
+    candidates = conn.execute("""
+        select t.path, t.artist, t.album, t.genres, r.status, p.model_id, p.fingerprint,
+               json_extract(p.ranking, '$[0][0]'), json_extract(p.ranking, '$[0][1]')
+        from report_tracks r join tracks t on t.rowid = r.trow join predictions p on p.rowid = r.prow
+        where r.status in ('ok', 'abstained') and t.genres is not null and t.genres != '[]' order by t.path""")
+    writes = standing_writes(conn, join="join tracks t on t.path = w.path join report_tracks r on r.trow = t.rowid")
+    rules: dict[str, DisputeRule] = {}
+    disputed = []
+    for row, mine in with_writes(candidates, writes):
+        path, artist, album, file_genres, status, model_id, fingerprint, genre, score = row
+        if genre is None or score is None:
+            continue
+        user = user_genres(genre_list(file_genres), mine)
+        if not user.genres:
+            continue
+        rule = rules.get(fingerprint)
+        if rule is None:
+            rule = rules[fingerprint] = dispute_rule(model_id, min_confidence)
+        threshold = rule.threshold(genre)
+        if score >= threshold and not rule.agrees(genre, user.genres):
+            disputed.append({"path": path, "artist": artist, "album": album, "user_genres": list(user.genres),
+                             "origin": user.origin, "file_genres": list(user.file_genres), "genre": genre,
+                             "score": score, "threshold": threshold, "status": status, "model_id": model_id,
+                             "fingerprint": fingerprint})
+    disputed.sort(key=lambda d: (-d["score"], d["path"]))
+    models = [{"fingerprint": fp, "model_id": rule.model_id, "min_confidence": rule.default,
+               "label_thresholds": rule.per_genre, "thresholds_from": rule.source} for fp, rule in rules.items()]
+    return disputed, sorted(models, key=lambda m: (m["model_id"] or "", m["fingerprint"]))
+
+
+@dataclass
+class DisputeRule:
+    """What calls a model's top genre a confident contradiction of a track's genres."""
+
+    model_id: str | None
+    default: float
+    per_genre: dict[str, float]
+    parents: dict[str, str]  # casefolded genre -> casefolded parent (the model's label map)
+    source: str  # "--min-confidence", "model" (its files), or "fallback" (its files are not here)
+
+    def threshold(self, genre: str) -> float:
+        return self.per_genre.get(genre, self.default)
+
+    def agrees(self, genre: str, user: tuple[str, ...]) -> bool:
+        """``genre`` is one of ``user``'s genres, or a parent or sub-genre of one."""
+        mine = {g.casefold() for g in user}
+        lineage = {genre.casefold(), *self._ancestors(genre.casefold())}
+        return bool(lineage & mine) or any(genre.casefold() in self._ancestors(g) for g in mine)
+
+    def _ancestors(self, genre: str) -> list[str]:
+        chain = []
+        while genre in self.parents and len(chain) <= len(self.parents):
+            genre = self.parents[genre]
+            chain.append(genre)
+        return chain
+
+
+def dispute_rule(model_id: str | None, min_confidence: float | None = None) -> DisputeRule:
+    """The thresholds a scan with the model ``model_id`` decides by, read from its files without loading
+    it (the built-in config, a checkpoint's config.json) and keyed by the genres of its default label
+    map at the default level (what ``scan`` writes); the fallback threshold where its files are not here
+    (a hub id, a moved folder). ``min_confidence`` replaces them all."""
+    from ..labels import LabelMapError
+    from ..models.identity import (FALLBACK_MIN_CONFIDENCE, config_label_thresholds, config_labels,
+                                   config_min_confidence, read_builtin)
+    from ..models.infer import default_label_map
+    from ..settings import ScanSettings
+
+    try:
+        if (model_id or "").startswith("builtin:"):
+            config = read_builtin(model_id.removeprefix("builtin:"))[0]
+            labels, default, own = list(config["labels"]), float(config["default_min_confidence"]), {}
+        else:
+            config = json.loads((Path(model_id) / "config.json").read_text(encoding="utf-8"))
+            labels, default = config_labels(config), config_min_confidence(config)
+            own = config_label_thresholds(config, labels, model_id)
+        label_map = default_label_map(model_id, None, ScanSettings.level)
+        per_genre, source = label_map.genre_thresholds(own, labels) or {}, "model"
+        parents = {k.casefold(): v.casefold() for k, v in label_map.parents.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, GenretagError, LabelMapError):
+        default, per_genre, parents, source = FALLBACK_MIN_CONFIDENCE, {}, {}, "fallback"
+    if min_confidence is not None:
+        default, per_genre, source = min_confidence, {}, "--min-confidence"
+    return DisputeRule(model_id, default, per_genre, parents, source)
 
 
 # -- one track -----------------------------------------------------------------------------------------
