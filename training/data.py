@@ -162,6 +162,17 @@ class Dataset:
         return Dataset(self.source, self.root, self.split, self.labels, **keep, notes=list(self.notes))
 
 
+def described_dataset(settings: DataSettings, report) -> Dataset:
+    """:func:`load_dataset`, telling ``report`` what was left out, the split and the clips per genre and
+    part, before any audio is decoded."""
+    dataset = load_dataset(settings)
+    for note in dataset.notes:
+        report(f"note: {note}")
+    report(dataset.summary())
+    report(dataset.genre_counts())
+    return dataset
+
+
 def load_dataset(settings: DataSettings) -> Dataset:
     """Find the clips of ``settings.data``, label them, filter the genres and split them."""
     if settings.min_per_genre < MIN_PER_GENRE:

@@ -42,7 +42,7 @@ from tagger.errors import GenretagError, ModelError
 
 from .calibration import (Thresholds, choose_thresholds, ece_of_calibrated, expected_calibration_error,
                           fit_temperature, log_loss, softmax, target_matrix, top_right)
-from .data import DataSettings, Dataset, Example, known_genres_only, gtzan_number, load_dataset
+from .data import DataSettings, Dataset, Example, described_dataset, gtzan_number, known_genres_only
 
 BACKBONES = ("builtin:musicnn-msd", "builtin:musicnn-mtt")
 EMBEDDING_LAYER = "penultimate"
@@ -490,11 +490,7 @@ def train_head(data: DataSettings, settings, report: Callable[[str], None] = pri
     if settings.base_model not in BACKBONES:
         raise ModelError(f"--base-model {settings.base_model}: heads train on {' or '.join(BACKBONES)}")
     output = _check_output(settings.output)
-    dataset = load_dataset(data)
-    for note in dataset.notes:
-        report(f"note: {note}")
-    report(dataset.summary())
-    report(dataset.genre_counts())
+    dataset = described_dataset(data, report)
     for ignored in ignored_options(settings):
         report(f"note: --{ignored.replace('_', '-')} applies to fine-tuning only; ignored for a head")
     backbone = load_builtin(settings.base_model.removeprefix("builtin:"), embedding_layer=EMBEDDING_LAYER,

@@ -29,7 +29,7 @@ from pathlib import Path
 from tagger.errors import GenretagError, ModelError
 from tagger.settings import WINDOW_SECONDS
 
-from .data import DataSettings, Dataset, Example, load_dataset
+from .data import DataSettings, Dataset, Example, described_dataset
 
 HEAD_PREFIXES = ("classifier", "projector", "head", "score")
 """Parameter-name prefixes of the classification head across audio models; --freeze-encoder keeps them."""
@@ -106,11 +106,7 @@ def train(data: DataSettings, settings: TrainSettings, report: Callable[[str], N
         report("note: --no-refit-all applies to heads only; a fine-tuned checkpoint never trains on its test part")
     started = time.perf_counter()
     output = _check_output(settings.output)
-    dataset = load_dataset(data)
-    for note in dataset.notes:
-        report(f"note: {note}")
-    report(dataset.summary())
-    report(dataset.genre_counts())
+    dataset = described_dataset(data, report)
     model, extractor = load_base_model(settings.base_model, dataset.labels, data.seed)
     report(f"base model {settings.base_model} ({type(model).__name__}), new head for {len(dataset.labels)} "
            f"genres: {', '.join(dataset.labels)}")
