@@ -2,6 +2,8 @@
 
 Track scores are the **mean** of the window probabilities, label by label: every analysed part of the
 track counts equally, and one odd window (a spoken intro, a breakdown) is outvoted rather than decisive.
+A head trained on a built-in model's embeddings scores the **mean of the window embeddings** instead
+(:func:`track_embedding`, which the index keeps, so the head can score it again later without the audio).
 The label map then keeps, renames, merges and rolls labels up into genres at the scan's ``--level``
 (e.g. drops musicnn's moods and instruments), and the top ``top_k`` genres that reach their threshold
 are the track's genres. If none does, the track is *abstained*: it gets no tag rather than a guess.
@@ -9,15 +11,41 @@ are the track's genres. If none does, the track is *abstained*: it gets no tag r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .records import ABSTAINED, OK
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def rank_labels(window_probs, labels: list[str], label_map, multi_label: bool) -> list[tuple[str, float]]:
     """Mean over windows, mapped through ``label_map`` (scored as ``multi_label`` says), best first."""
-    mean = window_probs.float().mean(dim=0)
-    ranked = label_map.apply(labels, mean, multi_label=multi_label)
+    return rank_scores(window_probs.float().mean(dim=0), labels, label_map, multi_label)
+
+
+def rank_scores(scores, labels: list[str], label_map, multi_label: bool) -> list[tuple[str, float]]:
+    """A track's scores, one per model label, mapped through ``label_map``, best first."""
+    ranked = label_map.apply(labels, scores, multi_label=multi_label)
     return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
+
+
+def split_outputs(outputs, label_count: int):
+    """``(probabilities [W, L], embeddings [W, D] or None)`` of a track's window outputs: a model that
+    computes embeddings returns each window's probabilities followed by its embedding in one row
+    (:func:`tagger.engine.predict_function`)."""
+    if outputs.shape[1] == label_count:
+        return outputs, None
+    return outputs[:, :label_count], outputs[:, label_count:]
+
+
+def track_embedding(window_embeddings) -> "np.ndarray":
+    """[W, D] window embeddings -> the track's [D] float16 embedding: their mean, rounded to float16
+    (saturating, never inf) as the index stores it and as a head reads it."""
+    from .models.head import FLOAT16_MAX
+
+    mean = window_embeddings.float().mean(dim=0)
+    return mean.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().numpy()
 
 
 def decision_thresholds(classifier, min_confidence: float | None) -> tuple[float, dict[str, float] | None]:

@@ -5,6 +5,9 @@
 
 * **predict** — no stored prediction by this model, the file changed (size or mtime), ``--rescan``,
   a different label map, or ``--top-k`` asking for more genres than the index kept;
+* **from the embedding** — as for *predict*, but the scan's model is a head and the index keeps the
+  track's embedding in the head's embedding space, made from this version of the file (same size and
+  mtime): the head scores that embedding, and the file is not decoded (not with ``--rescan``);
 * **from the index** — the stored prediction stands. Its genres are decided again from the stored
   ranking under this scan's ``--top-k`` and thresholds (*relabelled* when that changes them), and then:
   *write* them now (``--write-tags`` and the file does not hold them yet), leave them *pending* (genres
@@ -24,6 +27,7 @@ from .records import ABSTAINED, OK
 
 PREDICT = "predict"
 FROM_INDEX = "index"
+FROM_EMBEDDING = "embedding"
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Rules:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # PREDICT or FROM_INDEX
+    action: str  # PREDICT, FROM_INDEX or FROM_EMBEDDING
     row: dict | None = None  # the stored prediction (JSON columns parsed), its genres decided again
     # under the rules; ``genres`` is what the file's tags held when the index last read them (or None)
     relabelled: bool = False  # the decided genres differ from the stored ones
@@ -50,14 +54,18 @@ class Decision:
     pending: bool = False  # genres the file does not hold, on a run that does not write them
 
 
-def decide(size: int, mtime_ns: int, row: dict | None, rules: Rules) -> Decision:
+def decide(size: int, mtime_ns: int, row: dict | None, rules: Rules,
+           embedding: tuple[int, int] | None = None) -> Decision:
     """The decision for a track whose file has this ``size`` and ``mtime_ns``; ``row`` is the index's
-    prediction for it by the scan's model (None if there is none)."""
-    if rules.rescan or row is None or (row["size"], row["mtime_ns"]) != (size, mtime_ns):
+    prediction for it by the scan's model (None if there is none), ``embedding`` the ``(size,
+    mtime_ns)`` of the file version the index keeps an embedding of in the space the scan's model scores
+    (None if there is none, or the model scores no stored embeddings)."""
+    if rules.rescan:
         return Decision(PREDICT)
-    decided = decided_again(row, rules)
+    stat = (size, mtime_ns)
+    decided = decided_again(row, rules) if row is not None and (row["size"], row["mtime_ns"]) == stat else None
     if decided is None:
-        return Decision(PREDICT)
+        return Decision(FROM_EMBEDDING if embedding == stat else PREDICT)
     relabelled = decided is not row
     if decided["status"] != OK or decided["written"]:
         return Decision(FROM_INDEX, decided, relabelled)

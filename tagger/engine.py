@@ -6,8 +6,10 @@ functions — :func:`decode_or_fail` for step 2, :func:`tagger.batching.predict_
 classifier's ``predict`` for step 3 — so the local engine and the Ray engine
 (:mod:`tagger.engine_ray`) cannot disagree on what a track's windows or probabilities are.
 
-An engine's ``predictions(tracks)`` yields ``(DecodedTrack, probs [n_windows, n_labels])`` for a
-predicted track and ``(TrackResult, None)`` for a track that failed before inference.
+An engine's ``predictions(tracks)`` yields ``(DecodedTrack, outputs [n_windows, n_labels (+ D)])`` for
+a predicted track and ``(TrackResult, None)`` for a track that failed before inference. A model that
+computes embeddings gives each window's embedding after its probabilities, from the same forward pass
+(:func:`predict_function`); :func:`tagger.aggregate.split_outputs` takes them apart.
 """
 from __future__ import annotations
 
@@ -26,6 +28,24 @@ from .decode import decode_track
 from .errors import FileError
 from .records import FAILED, Track, TrackResult
 from .settings import ScanSettings
+
+
+def predict_function(classifier) -> Callable:
+    """What the engines call on each batch: ``classifier.predict``, or for a model with
+    ``predict_with_embeddings`` a function giving each window's probabilities and then its embedding in
+    one ``[B, L + D]`` float32 row, from one forward pass. Batching, threads and Ray carry the rows as
+    they carry probabilities; the pipeline splits them by the number of labels."""
+    with_embeddings = getattr(classifier, "predict_with_embeddings", None)
+    if with_embeddings is None:
+        return classifier.predict
+
+    def predict(windows, lengths=None):
+        import torch
+
+        probs, embeddings = with_embeddings(windows, lengths)
+        return torch.cat([probs.float(), embeddings.float()], dim=1)
+
+    return predict
 
 
 def default_batch_size(device) -> int:
@@ -167,7 +187,7 @@ class LocalEngine:
         if concurrency > 1:
             bound_malloc_arenas(1)
         with cpu_threads_per_call(concurrency):
-            yield from predict_in_batches(decoded, self.classifier.predict, batch_size, concurrency)
+            yield from predict_in_batches(decoded, predict_function(self.classifier), batch_size, concurrency)
 
 
 def import_decoder() -> None:

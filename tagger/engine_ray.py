@@ -27,7 +27,7 @@ from functools import partial
 
 from .batching import predict_in_batches
 from .engine import bounded_map, decode_or_fail, default_batch_size, failed_result, import_decoder, \
-    timed_out_result
+    predict_function, timed_out_result
 from .errors import GenretagError, ModelError
 from .records import DecodedTrack, Track, TrackResult
 from .settings import ScanSettings
@@ -185,6 +185,7 @@ class Predictor:
                              f"{self.classifier.fingerprint}, the driver's has {fingerprint}: every "
                              "machine must see the same checkpoint at the same path")
         self.batch_size = batch_size or default_batch_size(self.classifier.device)
+        self.predict = predict_function(self.classifier)  # probabilities, and embeddings where the model has them
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -195,9 +196,9 @@ class Predictor:
             _track({k: batch[k][i] for k in ("path", "size", "mtime_ns")}),
             torch.tensor(np.asarray(batch["windows"][i])), torch.tensor(np.asarray(batch["lengths"][i])),
             [], 0.0) for i in range(count)]
-        probs = np.empty(count, dtype=object)  # one [n_windows, n_labels] array per track
+        probs = np.empty(count, dtype=object)  # one [n_windows, n_labels (+ D)] array per track
         empty = np.zeros((0, len(self.classifier.labels)), np.float32)
-        for i, (_, p) in enumerate(predict_in_batches(items, self.classifier.predict, self.batch_size)):
+        for i, (_, p) in enumerate(predict_in_batches(items, self.predict, self.batch_size)):
             probs[i] = empty if p is None else p.float().numpy()
         keep = ("path", "size", "mtime_ns", "error", "retry", "starts", "duration", "codec")
         return {**{k: batch[k] for k in keep}, "probs": probs}
@@ -213,7 +214,7 @@ def _track(row: dict) -> Track:
 
 def _from_row(row: dict) -> tuple:
     """What :meth:`LocalEngine.predictions` would have yielded for this track. The windows stay on the
-    workers: aggregation needs only the probabilities, the duration and the codec."""
+    workers: aggregation needs only the probabilities (and embeddings), the duration and the codec."""
     import torch
 
     track = _track(row)

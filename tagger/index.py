@@ -8,6 +8,9 @@ Tables (schema version in ``meta``; documented in the README):
   with the failure reason.
 * ``predictions``: one row per (path, model fingerprint): the version of the file it was computed on,
   top-k labels and scores, the mapped ranking, per-window top labels, window count.
+* ``embeddings``: one row per (path, embedding space): the track's embedding (the mean of its windows'
+  embeddings, float16) and the version of the file it was computed on, so that a head trained on that
+  space scores the track without decoding it, and training reads a library's embeddings back.
 * ``models``: every model the index has seen, by weights fingerprint.
 * ``tag_writes``: every genre write: the complete previous and new tag state, so ``undo`` can restore
   the file exactly.
@@ -23,16 +26,22 @@ import socket
 import sqlite3
 import time
 from contextlib import contextmanager
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .errors import IndexUnusable
 
-SCHEMA_VERSION = 4
+if TYPE_CHECKING:
+    import numpy as np
+
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 30_000
 LOOKUP_CHUNK = 500  # paths per query; SQLite builds before 3.32 allow at most 999 parameters
 UNDO_PAGE = 1000  # journal rows an undo reads at a time
+EMBEDDING_PAGE = 1000  # embeddings iter_embeddings reads at a time (400 kB of 200-d vectors)
+EMBEDDING_DTYPE = "<f2"  # little-endian float16, whatever the machine
 CACHE_COLUMNS = ("p.path", "p.size", "p.mtime_ns", "p.status", "p.written", "p.labels", "p.scores", "p.ranking",
                  "p.label_map", "p.windows", "p.error", "t.duration", "t.codec", "t.genres")
 """What a scan needs of a stored prediction to skip its track, to decide its genres again under the
@@ -223,6 +232,74 @@ class Index:
             found.update((row[0], _parsed(dict(zip(CACHE_NAMES, row)))) for row in rows)
         return found
 
+    def stored_embeddings(self, paths: list[str], space: str) -> dict[str, tuple[int, int, "np.ndarray"]]:
+        """The embeddings kept in ``space`` for ``paths``, by :func:`path_key`: ``(size, mtime_ns,
+        vector)``, the stat of the file version the vector (float16 [dim], read-only) was computed on, in
+        one query per ``LOOKUP_CHUNK`` paths. Paths without one are left out; compare the stat with the
+        file's before trusting a vector."""
+        return {key: (row["size"], row["mtime_ns"], row["vector"])
+                for key, row in self.embedded_tracks(paths, space).items()}
+
+    def embedded_tracks(self, paths: list[str], space: str) -> dict[str, dict]:
+        """What a scan needs to predict ``paths`` from their embeddings in ``space``, by :func:`path_key`:
+        ``size``, ``mtime_ns`` and ``vector`` as :meth:`stored_embeddings` gives them, ``windows`` (how
+        many the vector is the mean of), and the track's ``duration``, ``codec`` and ``tags`` (genres,
+        artist, album, title; None unless the track row describes the same file version and its tags
+        were read)."""
+        import numpy as np
+
+        found = {}
+        keys = [path_key(p) for p in paths]
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start:start + LOOKUP_CHUNK]
+            rows = self.db.execute(
+                "select e.path, e.size, e.mtime_ns, e.dim, e.windows, e.vector, t.size = e.size and "
+                "t.mtime_ns = e.mtime_ns, t.duration, t.codec, t.genres, t.artist, t.album, t.title "
+                "from embeddings e left join tracks t on t.path = e.path "
+                f"where e.space = ? and e.path in ({', '.join('?' * len(chunk))})", [space, *chunk])
+            for key, size, mtime_ns, dim, windows, blob, same, duration, codec, genres, *names in rows:
+                if blob is None or len(blob) != 2 * dim:
+                    continue  # not a vector of its stated size: as if none were stored
+                tags = None
+                if same and genres is not None:
+                    tags = {"genres": json.loads(genres), **dict(zip(("artist", "album", "title"), names))}
+                found[key] = {"size": size, "mtime_ns": mtime_ns, "vector": np.frombuffer(blob, EMBEDDING_DTYPE),
+                              "windows": windows, "duration": duration if same else None,
+                              "codec": codec if same else None, "tags": tags}
+        return found
+
+    def iter_embeddings(self, space: str, under: str | os.PathLike | None = None
+                        ) -> Iterator[tuple[bytes, int, int, "np.ndarray"]]:
+        """Every embedding kept in ``space`` (only those of files under the folder ``under``, if given),
+        as ``(raw_path, size, mtime_ns, vector)``: the file's name as bytes (``os.fsdecode`` makes it a
+        path), the stat of the version the float16 vector was computed on, and the vector. Read
+        ``EMBEDDING_PAGE`` rows at a time in path order, so a whole library streams in constant memory;
+        the stat may be older than the file on disk."""
+        import numpy as np
+
+        low, high = "", None
+        if under is not None:
+            low = path_key(os.path.abspath(os.fspath(under)).rstrip("/") + "/")
+            high = low[:-1] + "0"  # "0" follows "/": keys below it are those under the folder
+        after = None
+        while True:
+            where, args = ["e.space = ?", "e.path >= ?"], [space, low]
+            if high is not None:
+                where, args = where + ["e.path < ?"], args + [high]
+            if after is not None:
+                where, args = where + ["e.path > ?"], args + [after]
+            rows = self.db.execute(
+                "select e.path, t.raw_path, e.size, e.mtime_ns, e.dim, e.vector from embeddings e "
+                f"left join tracks t on t.path = e.path where {' and '.join(where)} "
+                f"order by e.path limit {EMBEDDING_PAGE}", args).fetchall()
+            for key, raw, size, mtime_ns, dim, blob in rows:
+                if blob is not None and len(blob) == 2 * dim:
+                    yield (raw if raw is not None else os.fsencode(key)), size, mtime_ns, \
+                        np.frombuffer(blob, EMBEDDING_DTYPE)
+            if len(rows) < EMBEDDING_PAGE:
+                return
+            after = rows[-1][0]
+
     def genres(self, paths: list[str]) -> dict[str, list[str]]:
         """The genres each of ``paths`` held when the index last read its tags, by :func:`path_key`,
         in one query per ``LOOKUP_CHUNK`` paths; tracks never read are left out."""
@@ -265,9 +342,13 @@ class Index:
                         label_map: str | None = None, ranking_kept: int = STORED_RANKING) -> None:
         ranking_kept = max(ranking_kept, STORED_RANKING)
         stamp = now()
-        tracks, predictions = [], []
+        tracks, predictions, embeddings = [], [], []
         for r in results:
             key = path_key(r.path)
+            if r.embedding is not None and r.embedding_space and not r.retry:
+                vector = r.embedding.astype(EMBEDDING_DTYPE, copy=False)
+                embeddings.append((key, r.embedding_space, r.size, r.mtime_ns, len(vector), r.windows,
+                                   vector.tobytes(), run_id, stamp))
             track = {"path": key, "raw_path": os.fsencode(r.path), "size": r.size, "mtime_ns": r.mtime_ns,
                      "status": r.status, "error": r.error, "model_id": model_id, "fingerprint": fingerprint,
                      "run_id": run_id, "updated_at": stamp}
@@ -288,6 +369,12 @@ class Index:
                 "written": int(r.written), "run_id": run_id, "created_at": stamp, "label_map": label_map})
         self.db["tracks"].upsert_all(tracks, pk="path", alter=True)
         self.db["predictions"].upsert_all(predictions, pk=("path", "fingerprint"))
+        if embeddings:
+            self.db.conn.executemany(
+                "insert into embeddings (path, space, size, mtime_ns, dim, windows, vector, run_id, created_at) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (path, space) do update set size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, dim = excluded.dim, windows = excluded.windows, "
+                "vector = excluded.vector, run_id = excluded.run_id, created_at = excluded.created_at", embeddings)
 
     def note_model(self, model_id: str, fingerprint: str, labels: list[str]) -> None:
         stamp = now()
@@ -307,6 +394,10 @@ class Index:
         key = path_key(path)
         self.db.execute("update predictions set written = 1, size = ?, mtime_ns = ? "
                         "where path = ? and fingerprint = ?", [size, mtime_ns, key, fingerprint])
+        # A tag write changes no audio: embeddings of the version written over follow it to its new stat.
+        self.db.execute("update embeddings set size = ?, mtime_ns = ? where path = ? and exists (select 1 from "
+                        "tracks t where t.path = embeddings.path and t.size = embeddings.size and "
+                        "t.mtime_ns = embeddings.mtime_ns)", [size, mtime_ns, key])
         self.db.execute("update tracks set size = ?, mtime_ns = ?, genres = ? where path = ?",
                         [size, mtime_ns, json.dumps(genres), key])
 
@@ -414,4 +505,15 @@ def _schema_4(db) -> None:
     db.execute("drop table moved_keys")
 
 
-MIGRATIONS = {0: _schema_1, 1: _schema_2, 2: _schema_3, 3: _schema_4}
+def _schema_5(db) -> None:
+    """``embeddings``: each track's embedding per embedding space (little-endian float16, ``dim`` values),
+    with the stat of the file version it was computed on and how many windows it is the mean of, so a
+    head on that space predicts the track without decoding it; ``runs.from_embedding`` counts the
+    tracks a scan predicted that way."""
+    db["embeddings"].create({"path": str, "space": str, "size": int, "mtime_ns": int, "dim": int, "windows": int,
+                             "vector": bytes, "run_id": int, "created_at": float},
+                            pk=("path", "space"), if_not_exists=True)
+    db["runs"].add_column("from_embedding", int)
+
+
+MIGRATIONS = {0: _schema_1, 1: _schema_2, 2: _schema_3, 3: _schema_4, 4: _schema_5}

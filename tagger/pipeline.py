@@ -11,16 +11,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
-from .aggregate import choose_genres, decision_thresholds, rank_labels
+from .aggregate import choose_genres, decision_thresholds, rank_labels, rank_scores, split_outputs, track_embedding
 from .batching import predict_in_batches
 from .decode import decode_file, windows_from_array
 from .discover import count_audio_files, discover
-from .engine import LocalEngine, default_batch_size
+from .engine import LocalEngine, default_batch_size, predict_function
 from .errors import FileChanged, FileError, GenretagError
 from .index import STORED_RANKING, path_key
-from .decide import PREDICT, Rules, decide
-from .records import (ABSTAINED, DISCOVERY, FAILED, FROM_INDEX, OK, PREDICTED, SKIPPED, DecodedTrack, Track,
-                      TrackResult)
+from .decide import FROM_EMBEDDING as SCORE_EMBEDDING, PREDICT, Rules, decide
+from .records import (ABSTAINED, DISCOVERY, FAILED, FROM_EMBEDDING, FROM_INDEX, OK, PREDICTED, SKIPPED,
+                      DecodedTrack, Track, TrackResult)
 from .settings import ScanSettings
 
 INDEX_FLUSH_RESULTS = 64
@@ -33,10 +33,11 @@ for more tracks, so writes from the cache interleave with predictions as before.
 @dataclass
 class ScanSummary:
     """Counts of one scan. Every discovered audio file counts once, in ``tagged``, ``abstained`` or
-    ``failed`` (the library's state as this scan leaves it), and in ``predicted`` or ``from_index``
-    (where that state came from); folders that cannot be read count in ``failed`` only."""
+    ``failed`` (the library's state as this scan leaves it), and in ``predicted``, ``from_embedding``
+    or ``from_index`` (where that state came from); folders that cannot be read count in ``failed`` only."""
 
     predicted: int = 0  # tracks this run ran the model on (or tried to: failed decodes count)
+    from_embedding: int = 0  # tracks this run's head predicted from their stored embedding, not decoded
     from_index: int = 0  # unchanged tracks whose stored prediction this run took from the index
     tagged: int = 0  # tracks with genres chosen, whichever way
     abstained: int = 0  # no genre reached its threshold
@@ -118,7 +119,8 @@ def tag_folder(root: str | os.PathLike, settings: ScanSettings = ScanSettings(),
         finally:
             scan.flush()
             summary.seconds = time.perf_counter() - started
-            index.finish_run(summary.run_id, scanned=summary.predicted, skipped=summary.from_index,
+            index.finish_run(summary.run_id, scanned=summary.predicted + summary.from_embedding,
+                             from_embedding=summary.from_embedding, skipped=summary.from_index,
                              tagged=summary.tagged, abstained=summary.abstained, failed=summary.failed,
                              interrupted=int(summary.interrupted))
     return summary
@@ -159,6 +161,8 @@ class _Scan:
         self.pending: list[TrackResult] = []
         self.last_flush = time.monotonic()
         self.requeue: list[Track] = []
+        # A head scores the embeddings of its space that the index keeps (read without loading the head).
+        self.head_space = getattr(classifier, "head_space", None)
 
     # -- stages ---------------------------------------------------------------------------------------
     def run(self, tracks: Iterable[Track], requeued: bool = False) -> None:
@@ -176,18 +180,58 @@ class _Scan:
         while chunk := list(itertools.islice(tracks, CACHE_CHUNK)):
             cached = (self.index.cached_predictions([t.path for t in chunk], self.classifier.fingerprint)
                       if not rules.rescan else {})
+            rows = [self._row_for(track, cached) for track in chunk]
+            decisions = [decide(t.size, t.mtime_ns, row, rules) for t, row in zip(chunk, rows)]
+            scored = self._from_embeddings(chunk, rows, decisions, rules)
             served = 0
-            for track in chunk:
-                decision = decide(track.size, track.mtime_ns, self._row_for(track, cached), rules)
+            for i, (track, decision) in enumerate(zip(chunk, decisions)):
                 if decision.action == PREDICT:
                     if self.phase is None:
                         self._enter_phase("loading")
                     yield track
+                elif decision.action == SCORE_EMBEDDING:
+                    self._finish(self._settled(scored[i]))
                 elif self._serve(track, decision):
                     served += 1
             self._store_relabelled()
             if served:
                 self.on_skipped(served)
+
+    def _from_embeddings(self, chunk: list[Track], rows: list, decisions: list, rules: Rules) -> dict[int, TrackResult]:
+        """For a head: decide again, with the embedding the index keeps in the head's space, each track of
+        ``chunk`` decided PREDICT (``decisions`` changes in place), and score those it can be taken from,
+        all in one call of the head (no decoding, no backbone). Their results, by position in ``chunk``."""
+        wanted = [i for i, d in enumerate(decisions) if d.action == PREDICT]
+        if not (self.head_space and wanted) or rules.rescan:
+            return {}
+        stored = self.index.embedded_tracks([chunk[i].path for i in wanted], self.head_space)
+        usable = {}
+        for i in wanted:
+            if (found := stored.get(path_key(chunk[i].path))) is not None:
+                decisions[i] = decide(chunk[i].size, chunk[i].mtime_ns, rows[i], rules,
+                                      (found["size"], found["mtime_ns"]))
+                if decisions[i].action == SCORE_EMBEDDING:
+                    usable[i] = found
+        if not usable:
+            return {}
+        if self.phase is None:
+            self._enter_phase("loading")
+        import numpy as np
+
+        scores = self.classifier.head_scores(np.stack([found["vector"] for found in usable.values()]))
+        self._enter_phase("predicting")
+        return {i: self._embedding_result(chunk[i], found, track_scores)
+                for (i, found), track_scores in zip(usable.items(), scores)}
+
+    def _embedding_result(self, track: Track, stored: dict, scores) -> TrackResult:
+        """The result of scoring ``track``'s stored embedding, as :func:`describe` makes it from windows
+        (none are shown: none were decoded). The file's tags are the index's when it recorded this version
+        of the file, else read from it."""
+        result = result_from_scores(track, scores, self.classifier, self.settings.top_k, self.min_confidence,
+                                    self.thresholds, windows=stored["windows"] or 0, duration=stored["duration"],
+                                    codec=stored["codec"], source=FROM_EMBEDDING)
+        result.tags = stored["tags"] if stored["tags"] is not None else _read_tags(track.path)
+        return result
 
     def _enter_phase(self, phase: str) -> None:
         """Tell the caller the scan moved on: "loading" (a track waits for the model, unless it is
@@ -235,6 +279,10 @@ class _Scan:
         result = describe(item, probs, self.classifier, self.settings.top_k, self.min_confidence,
                           self.thresholds)
         result.tags = _read_tags(item.track.path)
+        return self._settled(result)
+
+    def _settled(self, result: TrackResult) -> TrackResult:
+        """A new prediction's genres written into its file (with ``--write-tags``), or left pending."""
         if result.status == OK:
             if self.rules.write_tags:
                 self._write(result)
@@ -343,6 +391,7 @@ class _Scan:
             self.summary.from_index += 1
         else:
             self.summary.predicted += result.source == PREDICTED
+            self.summary.from_embedding += result.source == FROM_EMBEDDING
             self.pending.append(result)
         self.summary.relabelled += result.relabelled
         self.summary.pending += result.pending
@@ -364,20 +413,38 @@ class _Scan:
         self.last_flush = time.monotonic()
 
 
-def describe(decoded: DecodedTrack, probs, classifier, top_k: int, min_confidence: float,
+def describe(decoded: DecodedTrack, outputs, classifier, top_k: int, min_confidence: float,
              thresholds: dict[str, float] | None = None) -> TrackResult:
-    """Aggregate one track's window probabilities into a :class:`TrackResult`."""
+    """Aggregate one track's window outputs (probabilities, and embeddings where the model gives them:
+    :func:`tagger.aggregate.split_outputs`) into a :class:`TrackResult`, which carries the track's
+    embedding for the index. A head scores the track from that embedding, exactly as it will score the
+    stored one; other models by the mean of the window probabilities."""
     label_map, multi_label = classifier.label_map, classifier.multi_label
-    ranking = rank_labels(probs, classifier.labels, label_map, multi_label)
-    status, labels, scores = choose_genres(ranking, top_k, min_confidence, thresholds, label_map.nesting())
+    probs, window_embeddings = split_outputs(outputs, len(classifier.labels))
+    embedding = track_embedding(window_embeddings) if window_embeddings is not None else None
+    if embedding is not None and getattr(classifier, "head_space", None):
+        scores = classifier.head_scores(embedding[None])[0]
+    else:
+        scores = probs.float().mean(dim=0)
     window_labels = [rank_labels(row.unsqueeze(0), classifier.labels, label_map, multi_label)[:3]
                      for row in probs]
-    track = decoded.track
-    return TrackResult(track.path, status, labels=labels, scores=scores,
+    return result_from_scores(
+        decoded.track, scores, classifier, top_k, min_confidence, thresholds,
+        window_labels=[[(label, round(float(s), 6)) for label, s in w] for w in window_labels],
+        windows=probs.shape[0], duration=decoded.duration, codec=decoded.codec, embedding=embedding,
+        embedding_space=classifier.embedding_space if embedding is not None else None)
+
+
+def result_from_scores(track: Track, scores, classifier, top_k: int, min_confidence: float,
+                       thresholds: dict[str, float] | None, **fields) -> TrackResult:
+    """A track's result from its scores (one per model label): ranked through the classifier's label
+    map, its genres chosen under ``top_k`` and the thresholds; ``fields`` fill in the rest."""
+    label_map = classifier.label_map
+    ranking = rank_scores(scores, classifier.labels, label_map, classifier.multi_label)
+    status, labels, chosen = choose_genres(ranking, top_k, min_confidence, thresholds, label_map.nesting())
+    return TrackResult(track.path, status, labels=labels, scores=chosen,
                        ranking=[(label, round(float(s), 6)) for label, s in ranking],
-                       window_labels=[[(label, round(float(s), 6)) for label, s in w] for w in window_labels],
-                       windows=probs.shape[0], duration=decoded.duration, codec=decoded.codec,
-                       size=track.size, mtime_ns=track.mtime_ns)
+                       size=track.size, mtime_ns=track.mtime_ns, **fields)
 
 
 def _read_tags(path: str) -> dict | None:
@@ -426,8 +493,9 @@ class Tagger:
 
     def _describe_all(self, decoded: list[DecodedTrack]) -> list[TrackResult]:
         conf, thresholds = decision_thresholds(self.classifier, None)
-        return [describe(item, probs, self.classifier, 1, conf, thresholds)
-                for item, probs in predict_in_batches(decoded, self.classifier.predict, self.batch_size)]
+        return [describe(item, outputs, self.classifier, 1, conf, thresholds)
+                for item, outputs in predict_in_batches(decoded, predict_function(self.classifier),
+                                                        self.batch_size)]
 
     @staticmethod
     def _ranked(result: TrackResult, top_k: int | None) -> list[dict]:

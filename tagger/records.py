@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch is imported only by the stages that compute
+if TYPE_CHECKING:  # torch and numpy are imported only by the stages that compute
+    import numpy as np
     import torch
 
 OK, ABSTAINED, FAILED, SKIPPED = "ok", "abstained", "failed", "skipped"
@@ -31,9 +32,10 @@ class DecodedTrack:
     codec: str | None = None
 
 
-PREDICTED, FROM_INDEX, DISCOVERY = "predicted", "index", "discovery"
-"""Where a result comes from: this run's prediction, the index (unchanged since), or the walk itself
-(a folder or special file it could not read)."""
+PREDICTED, FROM_INDEX, FROM_EMBEDDING, DISCOVERY = "predicted", "index", "embedding", "discovery"
+"""Where a result comes from: this run's prediction, the index (unchanged since), this run's prediction
+from the embedding the index keeps (a head model on its backbone's embedding, the file not decoded), or
+the walk itself (a folder or special file it could not read)."""
 JSON_RANKING = 10
 """Genres of a track's ranking in its ``--json`` line: as many as the index keeps by default."""
 
@@ -58,8 +60,11 @@ class TrackResult:
     written: bool = False  # this run wrote the genres into the file
     pending: bool = False  # genres the file does not hold yet, on a run that does not write them
     retry: bool = False  # a failure the next scan tries again (a decode that timed out), not one it skips
-    source: str = PREDICTED  # predicted by this run, or unchanged since and taken FROM_INDEX
+    source: str = PREDICTED  # predicted by this run (FROM_EMBEDDING: from a stored embedding), or FROM_INDEX
     relabelled: bool = False  # from the index, its genres decided again differently under this run's rules
+    embedding: "np.ndarray | None" = field(default=None, repr=False)  # [D] float16: the mean of the
+    # track's window embeddings, for the index to keep (None when the model computes none, or it is stored)
+    embedding_space: str | None = None  # the space ``embedding`` is in (``classifier.embedding_space``)
 
     def as_json(self) -> dict:
         """The ``--json`` line for this track (schema: docs/json-output.md)."""

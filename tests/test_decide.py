@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tagger.aggregate import choose_genres, rank_labels
-from tagger.decide import FROM_INDEX, PREDICT, Rules, decide
+from tagger.decide import FROM_EMBEDDING, FROM_INDEX, PREDICT, Rules, decide
 from tagger.labels import identity_map
 
 RANKING = [("Rock", 0.62), ("Pop", 0.30), ("Jazz", 0.05), ("Blues", 0.03)]
@@ -98,3 +98,36 @@ def test_a_failure_is_served_as_stored():
     failed = row(status="failed", labels="[]", scores="[]", ranking=[], error="no audio")
     decision = decide(100, 7, failed, rules(write_tags=True))
     assert (decision.action, decision.row["status"], decision.write) == (FROM_INDEX, "failed", False)
+
+
+# -- the embedding a head can score ------------------------------------------------------------------------
+@pytest.mark.parametrize("stored, given, why", [
+    (None, rules(), "nothing stored by this model"),
+    (row(size=101), rules(), "the file changed since this model's prediction"),
+    (row(label_map="other"), rules(), "the stored ranking went through another label map"),
+    (row(ranking=RANKING[:2]), rules(top_k=3), "more genres asked for than stored"),
+])
+def test_a_track_the_index_cannot_serve_is_scored_from_its_embedding_of_this_version(stored, given, why):
+    assert decide(100, 7, stored, given, embedding=(100, 7)).action == FROM_EMBEDDING, why
+
+
+@pytest.mark.parametrize("embedding, given, why", [
+    (None, rules(), "no embedding stored (or not a head)"),
+    ((101, 7), rules(), "an embedding of another size of the file"),
+    ((100, 8), rules(), "an embedding of another mtime of the file"),
+    ((100, 7), rules(rescan=True), "--rescan decodes every file again"),
+])
+def test_an_embedding_of_another_version_or_rescan_predicts(embedding, given, why):
+    assert decide(100, 7, None, given, embedding=embedding).action == PREDICT, why
+
+
+def test_a_usable_stored_prediction_wins_over_the_embedding():
+    decision = decide(100, 7, row(), rules(write_tags=True), embedding=(100, 7))
+    assert (decision.action, decision.write) == (FROM_INDEX, True)
+    relabelled = decide(100, 7, row(written=1), rules(min_confidence=0.7), embedding=(100, 7))
+    assert (relabelled.action, relabelled.relabelled) == (FROM_INDEX, True)  # decided again, not scored again
+
+
+def test_a_decision_from_the_embedding_carries_nothing_from_the_index():
+    decision = decide(100, 7, row(size=5), rules(write_tags=True), embedding=(100, 7))
+    assert (decision.row, decision.relabelled, decision.write, decision.pending) == (None, False, False, False)

@@ -76,6 +76,22 @@ def test_same_results_and_index_as_the_local_engine(library, tmp_path, request, 
             assert row[key] == want[path][key], (path, key)
         assert json.loads(row["scores"]) == pytest.approx(json.loads(want[path]["scores"]), abs=1e-5)
         assert row["duration"] == pytest.approx(want[path]["duration"])
+    embeds = str(model).startswith("builtin:")  # transformers checkpoints compute no embeddings
+    assert_same_embeddings(tmp_path / "local.db", tmp_path / "ray.db", TRACKS if embeds else 0)
+
+
+def assert_same_embeddings(local_db: Path, ray_db: Path, count: int) -> None:
+    """The actors give each window's embedding with its probabilities: the index keeps the same track
+    embeddings (up to float16 and the actors' own thread count) at the same stat."""
+    import numpy as np
+
+    query = "select path, space, size, mtime_ns, dim, windows, vector from embeddings order by path"
+    local, remote = rows(local_db, query), rows(ray_db, query)
+    assert len(remote) == len(local) == count
+    for want, got in zip(local, remote):
+        assert {k: got[k] for k in got if k != "vector"} == {k: want[k] for k in want if k != "vector"}
+        np.testing.assert_allclose(np.frombuffer(got["vector"], "<f2"), np.frombuffer(want["vector"], "<f2"),
+                                   rtol=0.02, atol=0.02)
 
 
 def test_a_library_handed_to_ray_in_parts_scans_as_in_one(library, tmp_path, tiny_wav2vec2, monkeypatch):

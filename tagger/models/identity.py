@@ -17,6 +17,8 @@ from ..errors import ModelError
 from ..settings import DEFAULT_MODEL, data_dir
 
 FALLBACK_MIN_CONFIDENCE = 0.3
+BUILTIN_EMBEDDING_LAYER = "penultimate"
+"""The layer a loaded built-in model's embeddings come from (``tagger.models.musicnn.EMBEDDING_LAYERS``)."""
 LABEL_THRESHOLDS_KEY = "genretag_label_thresholds"
 """A checkpoint's config.json key for its per-genre thresholds (genre -> threshold), if it has any."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -103,6 +105,8 @@ class ModelIdentity:
     sampling_rate: int | None = None  # where the files say it: a Ray driver then never loads the model
     multi_label: bool = False  # sigmoid outputs; the label map scores genres by it (tagger.labels)
     label_thresholds: dict[str, float] = field(default_factory=dict)  # per-label, chosen when trained
+    embedding_space: str | None = None  # where the model computes embeddings: the space they are in
+    head_space: str | None = None  # a head's: the embedding space it scores (its backbone's), else None
 
 
 def model_identity(name: str) -> ModelIdentity | None:
@@ -114,19 +118,26 @@ def model_identity(name: str) -> ModelIdentity | None:
             config, weights = read_builtin(name.removeprefix("builtin:"))
         except ModelError:
             return None  # loading reports it, naming the models there are
-        return ModelIdentity(name, builtin_fingerprint(weights), list(config["labels"]),
+        fingerprint = builtin_fingerprint(weights)
+        return ModelIdentity(name, fingerprint, list(config["labels"]),
                              float(config["default_min_confidence"]), int(config["sample_rate"]),
-                             bool(config["multi_label"]))  # no per-genre thresholds: musicnn has none
+                             bool(config["multi_label"]),  # no per-genre thresholds: musicnn has none
+                             embedding_space=embedding_space(name, fingerprint, BUILTIN_EMBEDDING_LAYER))
     folder = Path(name).expanduser()
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         labels = config_labels(config)
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None  # not a checkpoint folder, or a broken one: loading says which
+    head_space = None
     if is_head_config(config):
         if head_backbone_problem(config):
             return None
-        rate = int(read_builtin(config["backbone"]["model_id"].removeprefix("builtin:"))[0]["sample_rate"])
+        backbone = config["backbone"]
+        rate = int(read_builtin(backbone["model_id"].removeprefix("builtin:"))[0]["sample_rate"])
+        head_space = embedding_space(backbone["model_id"], backbone["fingerprint"], backbone.get("layer", ""))
+        if config.get("embedding_space") != head_space:
+            return None  # loading refuses it, saying why
     else:
         try:
             extractor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
@@ -135,7 +146,7 @@ def model_identity(name: str) -> ModelIdentity | None:
             rate = None
     return ModelIdentity(name, weights_fingerprint(folder), labels, config_min_confidence(config), rate,
                          config.get("problem_type") == "multi_label_classification",
-                         config_label_thresholds(config, labels, name))
+                         config_label_thresholds(config, labels, name), head_space, head_space)
 
 
 def config_labels(config: dict) -> list[str]:

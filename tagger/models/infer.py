@@ -8,7 +8,9 @@ model was trained, possibly empty), ``label_map``, ``device`` and
 
 Models that compute embeddings (the built-in musicnn, and heads trained on it, :mod:`tagger.models.head`)
 also offer ``predict_with_embeddings(windows, lengths) -> (probabilities, embeddings)``, and name their
-embeddings with ``embedding_space`` and ``embedding_dim``.
+embeddings with ``embedding_space`` and ``embedding_dim``. A head also has ``head_space`` (the space it
+reads, None for every other model) and ``head_scores(track_embeddings)``: a scan scores its tracks from
+their mean embedding, and from embeddings the index stored, without decoding.
 """
 from __future__ import annotations
 
@@ -129,6 +131,9 @@ class DeferredClassifier:
         self.default_min_confidence = identity.default_min_confidence
         self.multi_label = identity.multi_label
         self.label_thresholds = dict(identity.label_thresholds)
+        self.head_space = identity.head_space  # a scan scores stored embeddings by it without loading
+        if identity.embedding_space:  # and names the embeddings it stores (a Ray driver loads no model)
+            self.embedding_space = identity.embedding_space
         if identity.sampling_rate:
             self.sampling_rate = identity.sampling_rate
         self._load = load

@@ -45,7 +45,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from ..errors import ModelError
-from .identity import builtin_fingerprint, embedding_space, read_builtin
+from .identity import BUILTIN_EMBEDDING_LAYER, builtin_fingerprint, embedding_space, read_builtin
 from ..labels import LabelMap, builtin_label_map
 from .native import banded_max, banded_max_kernel, position_minor, to_vnni
 
@@ -64,7 +64,7 @@ EMBEDDING_LAYERS = ("penultimate", "pooled", "pooled+penultimate", "tags")
 """What :meth:`MusicnnClassifier.predict_with_embeddings` can return per patch: the 200-d penultimate
 layer, the 1506-d pooled features the back end starts from (max and mean over time of every front-
 and mid-end channel), both, or the tag probabilities themselves."""
-DEFAULT_EMBEDDING_LAYER = "penultimate"
+DEFAULT_EMBEDDING_LAYER = BUILTIN_EMBEDDING_LAYER
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PATCHES_PER_FORWARD = {("cpu", "bf16"): 10, ("cpu", "fp32"): 3, "cuda": 128}
 """Patches per network call. On CPU the largest activation (the first timbral conv's output, 4.6 MB per

@@ -232,9 +232,12 @@ class PredictionRate:
 def summary_line(summary, settings) -> str:
     """The scan's last line: the library as the scan leaves it, then what this run did."""
     total = summary.tagged + summary.abstained + summary.failed
+    from_embedding = summary.from_embedding
     line = (f"{total:,} tracks: {summary.tagged:,} tagged, {summary.abstained:,} abstained, "
-            f"{summary.failed:,} failed. This run predicted {summary.predicted:,} and took "
-            f"{summary.from_index:,} unchanged from the index")
+            f"{summary.failed:,} failed. This run predicted {summary.predicted + from_embedding:,}")
+    if from_embedding:
+        line += f" ({from_embedding:,} from their stored embeddings, without decoding)"
+    line += f" and took {summary.from_index:,} unchanged from the index"
     if summary.relabelled:
         line += f" ({summary.relabelled:,} relabelled under this run's threshold)"
     if settings.write_tags and not settings.dry_run:
