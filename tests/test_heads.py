@@ -472,6 +472,47 @@ def test_train_from_index_learns_the_owners_genres_by_artist(scanned_library, tm
     assert f"index artist/test: {len(dataset.test)} clips" in evaluated.output
 
 
+def test_train_from_index_reads_the_embeddings_a_scan_stored_instead_of_decoding(tmp_path):
+    """A built-in model's scan keeps every track's embedding; training a head on that backbone from the
+    index uses them (the same vectors decoding gives), except for a file edited since its scan."""
+    from tagger.index import Index
+    from training.heads import embeddings_for
+    from tagger.models.musicnn import load_builtin
+    from training.heads import EMBEDDING_LAYER, _scan_precision
+
+    library, db = tmp_path / "music", tmp_path / "index.db"
+    for g, (genre, style) in enumerate(LIBRARY_STYLES.items()):
+        for a in range(5):
+            path = library / f"{genre} {a}.mp3"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            encode(synth(style, 8.0, seed=50 * g + a, sample_rate=RATE), path, sample_rate=RATE)
+            own_tags(path, [genre], f"{genre} Artist {a}", None)
+    scanned = tag_folder(library, ScanSettings(model="builtin:musicnn-msd", db=str(db)))
+    assert scanned.predicted == 15
+    edited = library / "Swing 4.mp3"
+    own_tags(edited, ["Swing"], "Swing Artist 4", "An album added after the scan")
+
+    dataset = load_dataset(DataSettings(data=str(library), from_index=True, db=str(db)))
+    examples = dataset.train + dataset.valid + dataset.test
+    backbone = load_builtin("musicnn-msd", embedding_layer=EMBEDDING_LAYER, precision=_scan_precision())
+    with Index(db, create=False) as index:
+        stored = embeddings_for(examples, backbone, max_windows=3, index=index)
+        assert embeddings_for(examples, backbone, max_windows=1, index=index).from_index == 15 - 1
+    decoded = embeddings_for(examples, backbone, max_windows=3)
+    assert (stored.from_index, decoded.from_index, len(stored.examples)) == (15 - 1, 0, 15)
+    assert [e.path for e in stored.examples] == [e.path for e in decoded.examples]
+    np.testing.assert_allclose(stored.embeddings, decoded.embeddings.astype(np.float16).astype(np.float32),
+                               rtol=1e-3, atol=1e-4)  # a float16 rounding apart at most
+
+    output = tmp_path / "mine"
+    result = CliRunner().invoke(train, [str(library), "--from-index", "--db", str(db), "--base-model",
+                                        "builtin:musicnn-msd", "--output", str(output)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "14 of 15 clips' embeddings read from the index (not decoded)" in result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["training"]["stages_seconds"]["embeddings_from_index"] == 14
+
+
 # -- without the training extras ---------------------------------------------------------------------------
 BLOCK_SKLEARN = """
 import sys

@@ -5,7 +5,7 @@ model's embeddings (``genretag train DATA --base-model builtin:musicnn-msd``).
    goes through the tagger's own decoder and window plan (what ``scan`` analyses); the built-in model
    gives each window an embedding (the mean over its 3 s patches of the layer :data:`EMBEDDING_LAYER`),
    and a clip's embedding is the mean over its windows. Where the index stores a track's embedding
-   (:func:`stored_embeddings_for`, the hook), it is used instead of decoding.
+   (:func:`stored_embeddings_for`) for the file as it is, it is used instead of decoding.
 2. **Measure** (:func:`fit_measure_refit`, which needs no audio): :func:`fit_head` fits a multinomial
    logistic regression (scikit-learn) on the standardised, float16-rounded embeddings of the train and
    valid parts. Its regularisation C is chosen by stratified k-fold cross-validation, with folds that
@@ -387,7 +387,7 @@ def embeddings_for(examples: Sequence[Example], backbone, max_windows: int, inde
     (:func:`stored_embeddings_for`) are used as they are, the others decoded and embedded
     (:func:`embed_examples`). Retraining on a scanned library then decodes nothing."""
     started = time.perf_counter()
-    stored = stored_embeddings_for(index, examples, backbone.embedding_space)
+    stored = stored_embeddings_for(index, examples, backbone.embedding_space, max_windows)
     missing = [e for e in examples if e.path not in stored]
     decoded = embed_examples(backbone, missing, max_windows, on_error=on_error) if missing else \
         Embedded([], np.zeros((0, backbone.embedding_dim), np.float32))
@@ -399,30 +399,35 @@ def embeddings_for(examples: Sequence[Example], backbone, max_windows: int, inde
                     time.perf_counter() - started, from_index=len(stored))
 
 
-def stored_embeddings_for(index, examples: Sequence[Example], space: str) -> dict[str, np.ndarray]:
-    """HOOK for the embeddings an index stores: ``{example path: float16 [D]}`` for the examples whose
-    track embedding the open :class:`tagger.index.Index` ``index`` holds in ``space`` (the backbone's
-    ``embedding_space``: same model weights, same layer) for the file as it is now. Returns nothing
-    until the index stores embeddings: every clip is decoded.
+def stored_embeddings_for(index, examples: Sequence[Example], space: str, max_windows: int) -> dict[str, np.ndarray]:
+    """The embeddings the open :class:`tagger.index.Index` ``index`` keeps in ``space`` (the backbone's
+    ``embedding_space``: same weights, same layer) that are exactly what decoding would give:
+    ``{example path: float16 [D]}``. A stored vector is used only for the version of the file on disk
+    now (same size and mtime) and only if it is the mean of the windows this training would analyse
+    (a scan with another ``--max-windows`` averaged others): any other clip is decoded."""
+    from tagger.decode import plan_windows
+    from tagger.index import path_key
 
-    Connecting it, once ``Index.stored_embeddings(paths, space) -> {path_key: (size, mtime_ns, float16
-    array)}`` exists (``train_head`` already passes the library's index with ``--from-index``)::
+    if index is None or not examples:
+        return {}
+    rows = index.embedded_tracks([e.path for e in examples], space)
+    out = {}
+    for e in examples:
+        row = rows.get(path_key(e.path))
+        if row is None or row["duration"] is None or not _same_version(e.path, row["size"], row["mtime_ns"]):
+            continue
+        if row["windows"] == len(plan_windows(row["duration"], max_windows)):
+            out[e.path] = row["vector"]
+    return out
 
-        if index is None or not examples:
-            return {}
-        rows = index.stored_embeddings([e.path for e in examples], space)
-        out = {}
-        for e in examples:
-            row = rows.get(path_key(e.path))  # tagger.index.path_key
-            if row is not None and _same_version(e.path, row[0], row[1]):  # os.stat size and mtime_ns
-                out[e.path] = row[2]
-        return out
 
-    A stored embedding of another version of the file (edited since its scan) or of another space is
-    never used: that clip is decoded. A stored embedding is the mean over the track's windows of the
-    per-window embeddings, rounded to float16, exactly what :func:`embed_examples` computes and
-    :func:`fit_head` rounds to, so a head fits the same from either."""
-    return {}
+def _same_version(path: str, size: int, mtime_ns: int) -> bool:
+    """Whether the file at ``path`` still has this size and mtime (False if it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
 
 
 def embed_examples(backbone, examples: Sequence[Example], max_windows: int,
@@ -500,6 +505,9 @@ def train_head(data: DataSettings, settings, report: Callable[[str], None] = pri
     with library_index(data) as index:
         embedded = embeddings_for(dataset.train + dataset.valid + dataset.test, backbone, settings.max_windows,
                                   index=index, on_error=report)
+        if index is not None:
+            report(f"{embedded.from_index} of {len(embedded.examples)} clips' embeddings read from the index "
+                   f"(not decoded) in {embedded.wall_seconds:.1f} s")
     dataset = dataset.without(set(embedded.unreadable))
     made = fit_measure_refit(dataset, embedded, data.seed, settings.refit_all, report)
     fit, shipped, results, fitted_on = made.fit, made.shipped, made.results, made.fitted_on
