@@ -363,13 +363,15 @@ def test_a_share_that_vanishes_mid_scan(tmp_path, classifier, monkeypatch):
     lib = tmp_path / "lib"
     local = make_files(lib / "local", ["a.flac", "b.mp3"])
     shared = make_files(lib / "share", ["c.flac", "d.mp3", "e.flac", "f.mp3", "g.flac"])
-    predict = classifier.predict
+    # the model call a scan makes (with the embeddings, for a model that gives them)
+    called = "predict_with_embeddings" if hasattr(classifier, "predict_with_embeddings") else "predict"
+    predict = getattr(classifier, called)
 
     def predict_then_unmount(*args, **kwargs):
         shutil.rmtree(lib / "share", ignore_errors=True)
         return predict(*args, **kwargs)
 
-    monkeypatch.setattr(classifier, "predict", predict_then_unmount)
+    monkeypatch.setattr(classifier, called, predict_then_unmount)
     summary = tag_folder(lib, scan_settings(tmp_path), classifier=classifier, keep_results=True)
     results = by_name(summary)
     assert [results[p.name].status for p in local] == ["ok", "ok"]
