@@ -399,7 +399,8 @@ def embeddings_for(examples: Sequence[Example], backbone, max_windows: int, inde
                     time.perf_counter() - started, from_index=len(stored))
 
 
-def stored_embeddings_for(index, examples: Sequence[Example], space: str, max_windows: int) -> dict[str, np.ndarray]:
+def stored_embeddings_for(index, examples: Sequence[Example], space: str,
+                          max_windows: int) -> dict[str, np.ndarray]:
     """The embeddings the open :class:`tagger.index.Index` ``index`` keeps in ``space`` (the backbone's
     ``embedding_space``: same weights, same layer) that are exactly what decoding would give:
     ``{example path: float16 [D]}``. A stored vector is used only for the version of the file on disk
