@@ -334,6 +334,26 @@ def test_undo_restores_the_previous_tags(library, tmp_path, tiny_wav2vec2):
     assert [r["command"] for r in json.loads(history.output)] == ["undo", "scan"]
 
 
+def test_history_reads_in_an_80_column_terminal(library, tmp_path, tiny_wav2vec2):
+    """Each run's figures are whole words at 80 columns, not columns cut to "pr…" and "abs…"."""
+    db = tmp_path / "index.db"
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2, dry_run=True))
+    tag_folder(library, settings(tmp_path, tiny_wav2vec2, write_tags=True))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["undo", "--db", str(db)]).exit_code == 0
+    narrow = runner.invoke(cli, ["history", "--db", str(db)], env={"COLUMNS": "80"}, catch_exceptions=False).output
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "…" not in narrow, narrow
+    wide = runner.invoke(cli, ["history", "--db", str(db)], env={"COLUMNS": "300"}).output
+    rows = [line for line in wide.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 3, wide
+    for row, said in zip(rows, (("undo", f"{TRACKS} restored"),
+                                ("scan, write", f"0 predicted, {TRACKS} from the index, {TRACKS} written",
+                                 f"{TRACKS} tagged, 0 abstained, 0 failed"),
+                                ("scan, dry run", f"{TRACKS} predicted, 0 from the index",
+                                 f"{TRACKS} tagged, 0 abstained, 0 failed", str(tiny_wav2vec2)))):
+        assert all(part in row for part in said), (said, row)
+
+
 def test_undo_of_more_paths_than_sqlite_takes_variables_restores_the_written_one(library, tmp_path,
                                                                                   tiny_wav2vec2):
     """`genretag undo PATH...` with a long list of names: one SQL variable per path would pass SQLite's

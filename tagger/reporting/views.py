@@ -191,19 +191,50 @@ def run_mode(run: dict) -> str:
 
 
 def history_table(runs: list[dict], writes: dict[int, int]) -> None:
+    """The runs, newest first: what each was asked to do, what it did, and the library's state it left.
+    The figures are sentences that wrap within their cells, so a run reads whole in 80 columns."""
+    from rich import box
+
+    table = Table(title="genretag runs", box=box.SIMPLE_HEAD)
+    table.add_column("run", justify="right", no_wrap=True)
+    table.add_column("started")
+    table.add_column("what")
+    table.add_column("this run")
+    table.add_column("library after")
+    table.add_column("model", overflow="fold")
+    for run in runs:
+        table.add_row(str(run["id"]), _run_started(run), rich_text(_run_what(run)),
+                      _run_did(run, writes.get(run["id"], 0)), _run_left(run), rich_text(run.get("model_id") or ""))
+    Console(highlight=False).print(table)
+
+
+def _run_started(run: dict) -> str:
     import datetime as dt
 
-    table = Table(title="genretag runs")
-    for name in ("run", "command", "mode", "started", "model", "predicted", "from index", "tagged", "abstained",
-                 "failed", "files written", "restored"):
-        table.add_column(name)
-    for run in runs:
-        started = dt.datetime.fromtimestamp(run["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(run["id"]), rich_text(run["command"]), run_mode(run), started,
-                      rich_text(run.get("model_id")),
-                      *(str(run.get(k) or 0) for k in ("scanned", "skipped", "tagged", "abstained", "failed")),
-                      str(writes.get(run["id"], 0)), str(run.get("restored") or 0))
-    Console(highlight=False).print(table)
+    return dt.datetime.fromtimestamp(run["started_at"]).strftime("%Y-%m-%d %H:%M")
+
+
+def _run_what(run: dict) -> str:
+    mode = run_mode(run)
+    what = run["command"] if mode == run["command"] else f"{run['command']}, {mode}"
+    return what + (", interrupted" if run.get("interrupted") else "")
+
+
+def _run_did(run: dict, written: int) -> str:
+    if run["command"] != "scan":
+        return f"{run.get('restored') or 0:,} restored"
+    predicted, from_embedding = run.get("scanned") or 0, run.get("from_embedding") or 0
+    did = [f"{predicted:,} predicted" + (f" ({from_embedding:,} from stored embeddings)" if from_embedding else ""),
+           f"{run.get('skipped') or 0:,} from the index"]
+    if run_mode(run) == "write":
+        did.append(f"{written:,} written")
+    return ", ".join(did)
+
+
+def _run_left(run: dict) -> str:
+    if run["command"] != "scan":
+        return "—"
+    return ", ".join(f"{run.get(k) or 0:,} {k}" for k in ("tagged", "abstained", "failed"))
 
 
 class PredictionRate:
