@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -54,6 +55,8 @@ def main() -> None:
         if base.startswith("random:"):
             base = str(make_random_base(base.removeprefix("random:"), Path(tmp) / "base"))
         output = args.output or str(Path(tmp) / "model")
+        if not args.output:  # a checkpoint removed at exit stays out of the user's list of trained models
+            os.environ["GENRETAG_HOME"] = str(Path(tmp) / "home")
         started = time.perf_counter()
         result = train(DataSettings(data=args.gtzan, split=args.split, seed=0),
                        TrainSettings(output=output, base_model=base, epochs=args.epochs, max_steps=args.max_steps,

@@ -323,6 +323,22 @@ def test_models(scanned, tiny_wav2vec2, tmp_path):
     assert empty["seen"] == [] and not (tmp_path / "none.db").exists()
 
 
+def test_models_reads_whole_in_an_80_column_terminal(scanned, tiny_wav2vec2):
+    """No heading cut to "late…", no model name broken inside a word, and a trained model's figures
+    rounded as a person reads them."""
+    from tagger.models.identity import register_trained_model
+
+    _, db, _ = scanned
+    register_trained_model(tiny_wav2vec2, {"accuracy": 0.5, "cv_accuracy": 0.7744444444444445})
+    result = CliRunner().invoke(models, ["--db", str(db)], env={"COLUMNS": "80"}, catch_exceptions=False)
+    out = result.output
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out, out
+    assert "builtin:musicnn-msd" in out and "builtin:musicnn-mtt" in out, out
+    assert "cv_accuracy=0.774" in out and "0.77444" not in out, out
+    for heading in ("preds", "ok", "abst.", "failed", "latest", "last seen"):
+        assert heading in out, (heading, out)
+
+
 def test_builtin_models_are_listed_with_the_fingerprint_scans_record():
     musicnn = pytest.importorskip("tagger.models.musicnn")
     overview = model_overview("/nonexistent/index.db")

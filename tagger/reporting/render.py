@@ -421,33 +421,44 @@ def _prediction(out: Console, p: dict) -> None:
 
 # -- models --------------------------------------------------------------------------------------------
 
+def _named_model(name: str, fingerprint: str | None) -> Text:
+    """A model's name over its fingerprint (dimmed), for a table cell."""
+    return Text.assemble(shown(name), "\n", (fingerprint or "—", "dim"))
+
+
 def models_terminal(overview: dict, console: Console | None = None) -> None:
+    """The models the index has seen and those a scan can use. A model's name and its fingerprint share a
+    cell, one above the other, so every heading and figure stays whole in 80 columns."""
+    from rich import box
+
     out = console or Console(highlight=False)
     out.print(Text.assemble(("Models in the index", "bold"), " ", shown(overview["db"])))
-    table = Table()
-    table.add_column("model", overflow="fold")
-    table.add_column("fingerprint", no_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("model, fingerprint", overflow="fold")
     for name in ("preds", "ok", "abst.", "failed", "latest"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     table.add_column("last seen", no_wrap=True)
     for m in overview["seen"]:
-        table.add_row(T(m["model_id"] or "—"), T(m["fingerprint"]), f"{m['predictions']:,}", f"{m['ok']:,}",
-                      f"{m['abstained']:,}", f"{m['failed']:,}", f"{m['current_tracks']:,}",
+        table.add_row(_named_model(m["model_id"] or "—", m["fingerprint"]), f"{m['predictions']:,}",
+                      f"{m['ok']:,}", f"{m['abstained']:,}", f"{m['failed']:,}", f"{m['current_tracks']:,}",
                       _when(m["last_seen"])[:10])
     if not overview["seen"]:
-        table.add_row("(none yet)", *[""] * 7)
+        table.add_row("(none yet)", *[""] * 6)
     out.print(table)
     out.print("preds: predictions stored; latest: tracks whose latest scan used the model "
               "(--json has labels and first/last seen)")
-    table = Table(title="Available checkpoints", title_justify="left")
-    for name in ("model", "kind", "fingerprint", "in index", "note"):
-        table.add_column(name, overflow="fold")
+    table = Table(title="Available checkpoints", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("model, fingerprint", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("in index", no_wrap=True)
+    table.add_column("note", overflow="fold")
     for a in overview["available"]:
         note = ["default"] if a.get("default") else []
         if a.get("missing"):
             note.append("folder missing")
-        note += [f"{k}={v}" for k, v in (a.get("info") or {}).items() if not isinstance(v, (dict, list))]
-        table.add_row(T(a["model"]), T(a["kind"]), T(a["fingerprint"] or "—"),
-                      "yes" if a["in_index"] else "no", T(", ".join(note)))
+        note += [f"{k}={round(v, 3) if isinstance(v, float) else v}" for k, v in (a.get("info") or {}).items()
+                 if not isinstance(v, (dict, list))]
+        table.add_row(_named_model(a["model"], a["fingerprint"]), T(a["kind"]), "yes" if a["in_index"] else "no",
+                      Text("\n").join(T(item) for item in note))  # one item a line
     out.print(table)
     out.print(Text.assemble("A plain `genretag scan` uses: ", shown(overview["default"])))
