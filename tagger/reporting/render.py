@@ -423,7 +423,7 @@ def _prediction(out: Console, p: dict) -> None:
 
 def _named_model(name: str, fingerprint: str | None) -> Text:
     """A model's name over its fingerprint (dimmed), for a table cell."""
-    return Text.assemble(shown(name), "\n", (fingerprint or "—", "dim"))
+    return Text.assemble(shown(name), "\n", (shown(fingerprint) or "—", "dim"))
 
 
 def models_terminal(overview: dict, console: Console | None = None) -> None:
